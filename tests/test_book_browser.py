@@ -1,0 +1,117 @@
+"""A real browser reads the built book: executed output, search, and next-chapter navigation.
+
+The book is built by ``scripts/build-book.sh`` (``scripts/test.sh`` does it before pytest). This test
+serves ``_build/html`` on 127.0.0.1 and drives headless Chromium through it, because what matters is what a
+reader sees, not what Sphinx wrote to disk.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+FIRST_CHAPTER = "book/part1-generators/01-iteration.html"
+SECOND_CHAPTER = "book/part1-generators/02-generator-functions.html"
+
+pytestmark = pytest.mark.book
+
+
+def _missing_reason() -> str | None:
+    if not (HTML / "index.html").exists():
+        return "the book is not built: run scripts/build-book.sh first"
+    for tool in ("chromium", "chromedriver"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian packages chromium, chromium-driver; .ci/run installs them)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[str]:
+    reason = _missing_reason()
+    if reason:
+        if os.environ.get("CI") and "not built" in reason:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HTML))
+
+    class QuietHandler(handler.func):  # type: ignore[misc,name-defined]
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(HTML)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory, site: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, condition, timeout: float = 30):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def test_index_lists_the_parts(browser, site: str) -> None:
+    browser.get(f"{site}/index.html")
+    text = browser.find_element("tag name", "body").text
+    assert "Part I" in text and "Part II" in text
+
+
+def test_chapter_shows_executed_cell_output(browser, site: str) -> None:
+    browser.get(f"{site}/{FIRST_CHAPTER}")
+    outputs = browser.find_elements("css selector", "div.cell_output")
+    shown = [o.text.strip() for o in outputs if o.text.strip()]
+    assert shown, "no executed cell output is visible on the chapter page"
+
+
+def test_search_finds_a_chapter(browser, site: str) -> None:
+    browser.get(f"{site}/search.html?q=StopIteration")
+
+    def results(driver):
+        items = driver.find_elements("css selector", "#search-results li, ul.search li")
+        return items or False
+
+    items = _wait(browser, results)
+    links = [i.find_element("tag name", "a").get_attribute("href") for i in items]
+    assert any("part1-generators" in href for href in links), links
+
+
+def test_next_link_navigates_to_the_next_chapter(browser, site: str) -> None:
+    browser.get(f"{site}/{FIRST_CHAPTER}")
+    nxt = browser.find_element("css selector", "a.right-next")
+    browser.execute_script("arguments[0].scrollIntoView();", nxt)
+    browser.execute_script("arguments[0].click();", nxt)
+    _wait(browser, lambda d: d.current_url.endswith(SECOND_CHAPTER))
+    assert browser.find_elements("css selector", "h1")
