@@ -84,7 +84,8 @@ def _wait(driver, condition, timeout: float = 30):
 
 
 def test_index_lists_the_parts(browser, site: str) -> None:
-    browser.get(f"{site}/index.html")
+    browser.get(f"{site}/index.html")  # a redirect page to book/index.html: wait until it has landed
+    _wait(browser, lambda d: d.current_url.endswith("book/index.html") and "Part II" in d.find_element("tag name", "body").text)
     text = browser.find_element("tag name", "body").text
     assert "Part I" in text and "Part II" in text
 

@@ -1,0 +1,26 @@
+"""Classroom labs: start one, check your work, grade a class.
+
+From a notebook cell: ``from corolab.labs import check; check(1)`` prints the same report as
+``corolab lab check 1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from corolab.labs.grading import LabResult, grade, points
+from corolab.labs.registry import Lab, LabError, all_labs, get_lab
+from corolab.labs.report import format_report
+from corolab.labs.workspace import default_workspace, start
+
+
+def check(number: int | str, path: str | Path | None = None) -> LabResult:
+    """Grade your file for lab ``number`` and print the report (path defaults to where `start` put it)."""
+    lab = get_lab(number)
+    target = Path(path) if path is not None else default_workspace(lab) / lab.module
+    result = grade(lab, target)
+    print(format_report(result))
+    return result
+
+
+__all__ = ["Lab", "LabError", "LabResult", "all_labs", "check", "format_report", "get_lab", "grade", "points", "start"]

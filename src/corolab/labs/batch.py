@@ -1,0 +1,62 @@
+"""Grade a folder of submissions into a CSV: the instructor's end of the lab workflow.
+
+Layout: ``SUBMISSIONS/<student>.py`` or ``SUBMISSIONS/<student>/<module>.py`` (the lab's module name;
+a folder with exactly one ``.py`` file is accepted too). Each submission is graded in its own subprocess,
+several at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from corolab.labs.grading import LabResult, grade, graded_tests
+from corolab.labs.registry import Lab, LabError
+
+
+def find_submissions(lab: Lab, folder: Path) -> dict[str, Path]:
+    """Map each student's name to the file to grade (which may not exist: that grades as missing)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LabError(f"{folder} is not a folder of submissions")
+    found: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and entry.suffix == ".py":
+            found[entry.stem] = entry
+        elif entry.is_dir():
+            candidates = [entry / lab.module] if (entry / lab.module).exists() else sorted(entry.glob("*.py"))
+            found[entry.name] = candidates[0] if len(candidates) == 1 else entry / lab.module
+    if not found:
+        raise LabError(f"no submissions in {folder}: expected <student>.py files or <student>/ folders")
+    return found
+
+
+def grade_folder(lab: Lab, folder: Path, jobs: int | None = None, timeout: float | None = None,
+                 progress: bool = True) -> dict[str, LabResult]:
+    submissions = find_submissions(lab, folder)
+    catalogue = graded_tests(lab)
+    jobs = jobs or os.cpu_count() or 2
+    results: dict[str, LabResult] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(submissions), desc=f"grading lab {lab.number:02d}",
+                                                           unit="submission", disable=not progress) as bar:
+        futures = {name: pool.submit(grade, lab, path, timeout, catalogue) for name, path in submissions.items()}
+        for name, future in futures.items():
+            results[name] = future.result()
+            bar.update(1)
+    return results
+
+
+def write_csv(results: dict[str, LabResult], path: Path) -> None:
+    names = [t.name for t in next(iter(results.values())).tests]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["student", "status", *names, "total", "max"])
+        for student, result in results.items():
+            points = {t.name: t.points for t in result.tests}
+            writer.writerow([student, result.status, *(points[n] for n in names), result.score, result.max_score])

@@ -1,0 +1,102 @@
+"""``corolab lab list | start | check | grade``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from corolab.labs.registry import LabError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    lab = subparsers.add_parser("lab", help="classroom labs: list, start, check, grade")
+    sub = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+
+    sub.add_parser("list", help="the labs and their chapters").set_defaults(func=_list)
+
+    p = sub.add_parser("start", help="copy a lab's starter into your workspace")
+    p.add_argument("number")
+    p.add_argument("--dir", type=Path, default=None, help="where to put it (default ./corolab-labs/labNN-slug)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=_start)
+
+    p = sub.add_parser("check", help="run the graded tests on your file (exit 0 only at full marks)")
+    p.add_argument("number")
+    p.add_argument("path", nargs="?", type=Path, default=None)
+    p.add_argument("--timeout", type=float, default=None)
+    p.set_defaults(func=_check)
+
+    p = sub.add_parser("grade", help="grade a folder of submissions into a CSV")
+    p.add_argument("number")
+    p.add_argument("submissions", type=Path)
+    p.add_argument("--csv", type=Path, required=True)
+    p.add_argument("--timeout", type=float, default=None, help="seconds per submission (default: the lab's)")
+    p.add_argument("--jobs", type=int, default=None, help="submissions graded at once (default: CPU count)")
+    p.set_defaults(func=_grade)
+
+
+def _guarded(fn):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except LabError as exc:
+            print(f"corolab lab: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+@_guarded
+def _list(args: argparse.Namespace) -> int:
+    from corolab.labs.registry import all_labs
+
+    for lab in all_labs():
+        print(f"{lab.number:2d}  {lab.title:<45}  chapter: {lab.chapter}")
+    return 0
+
+
+@_guarded
+def _start(args: argparse.Namespace) -> int:
+    from corolab.labs.registry import get_lab
+    from corolab.labs.workspace import start
+
+    lab = get_lab(args.number)
+    target = start(lab, args.dir, args.force)
+    print(f"Lab {lab.number:02d} ({lab.title}) is ready: edit {target}")
+    print(f"The task is in {target.parent / 'README.md'}. Open the folder in JupyterLab (bash scripts/lab.sh).")
+    print(f"Check your work any time with:  corolab lab check {lab.number} {target}")
+    return 0
+
+
+@_guarded
+def _check(args: argparse.Namespace) -> int:
+    from corolab.labs.grading import grade
+    from corolab.labs.registry import get_lab
+    from corolab.labs.report import format_report
+    from corolab.labs.workspace import default_workspace
+
+    lab = get_lab(args.number)
+    path = args.path or default_workspace(lab) / lab.module
+    result = grade(lab, path, args.timeout)
+    print(format_report(result))
+    return 0 if result.full_marks else 1
+
+
+@_guarded
+def _grade(args: argparse.Namespace) -> int:
+    import time
+
+    from corolab.labs.batch import grade_folder, write_csv
+    from corolab.labs.registry import get_lab
+
+    lab = get_lab(args.number)
+    started = time.perf_counter()
+    results = grade_folder(lab, args.submissions, jobs=args.jobs, timeout=args.timeout)
+    write_csv(results, args.csv)
+    elapsed = time.perf_counter() - started
+    full = sum(r.full_marks for r in results.values())
+    problems = {s: r.status for s, r in results.items() if r.status != "ok"}
+    print(f"graded {len(results)} submissions in {elapsed:.1f} s: {full} at full marks; CSV: {args.csv}")
+    for student, status in problems.items():
+        print(f"  {student}: {status}")
+    return 0

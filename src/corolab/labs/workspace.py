@@ -1,0 +1,24 @@
+"""Copy a lab's starter into the student's workspace, never the solution, never over their work."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from corolab.labs.registry import Lab, LabError
+
+
+def default_workspace(lab: Lab) -> Path:
+    return Path.cwd() / "corolab-labs" / lab.name
+
+
+def start(lab: Lab, directory: Path | None = None, force: bool = False) -> Path:
+    """Copy the starter and the task into ``directory``; return the file the student edits."""
+    target_dir = Path(directory) if directory is not None else default_workspace(lab)
+    target = target_dir / lab.module
+    if target.exists() and not force:
+        raise LabError(f"{target} already exists; your work is kept. Use --force to start over.")
+    target_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(lab.starter, target)
+    shutil.copyfile(lab.root / "README.md", target_dir / "README.md")
+    return target
