@@ -21,19 +21,13 @@ COMMANDS: dict[str, str] = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="corolab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="corolab", description="corolab: serve an LLM, load-test it, run the labs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         if only is not None and name != only:
             sub.add_parser(name, help=f"(run 'corolab {name} -h')")
             continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a part of the package not built yet
-            if exc.name and exc.name.startswith("corolab"):
-                continue
-            raise
-        module.add_parser(sub)
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 

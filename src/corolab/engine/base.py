@@ -25,6 +25,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep going past end-of-sequence until max_tokens (benchmarks, like vLLM's)
 
 
 @dataclass(frozen=True)

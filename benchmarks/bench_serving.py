@@ -1,0 +1,115 @@
+"""Serving benchmark over HTTP: our three engines against `transformers serve`, on the embedded model.
+
+One run, one machine, the same prompts, the same load tester (`corolab.bench`, closed loop, streamed):
+
+* `corolab serve --engine naive | threads | batched` on the embedded SmolLM2-135M-Instruct;
+* `transformers serve` on the same converted checkpoint, without and with `--continuous-batching`;
+
+at each concurrency (default 1, 8, 32), 64 output tokens asked per request (`max_tokens`; no `ignore_eos`,
+because `transformers serve` rejects it, so all servers get identical requests and tok/s counts what each
+server reports in `usage`). It prints output tokens/s and TTFT p50/p99 per server and level, then ratios.
+The last line is the headline: batched / naive tokens/s at the highest concurrency.
+
+    python benchmarks/bench_serving.py                       # full run: about 10 minutes on 2 CPU cores
+    python benchmarks/bench_serving.py --concurrency 1,8 --requests 8 --skip-transformers   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from corolab.background import BackgroundServer, free_port
+from corolab.backends import embedded
+from corolab.bench import BenchConfig, run_bench
+
+
+@contextlib.contextmanager
+def transformers_server(model_dir: str, continuous: bool):
+    port = free_port()
+    cmd = ["transformers", "serve", model_dir, "--port", str(port), "--host", "127.0.0.1"]
+    if continuous:
+        cmd.append("--continuous-batching")
+    log = open(f"/tmp/transformers-serve-{port}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"transformers serve exited; see {log.name}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("transformers serve did not become ready")
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+
+
+async def measure(url: str, model: str, levels: list[int], requests: int, max_tokens: int) -> dict[int, dict]:
+    await run_bench(BenchConfig(url=url, model=model, concurrency=1, requests=1, max_tokens=4, progress=False))
+    out = {}
+    for c in levels:
+        result = await run_bench(BenchConfig(url=url, model=model, concurrency=c, requests=max(requests, c),
+                                             max_tokens=max_tokens, prompt_tokens=32, temperature=0.0,
+                                             progress=False))
+        s = result.runs[0].summary
+        out[c] = {"tok_s": s["output_throughput"], "ttft_p50": s["ttft"]["median"], "ttft_p99": s["ttft"]["p99"],
+                  "failed": s["failed"]}
+        print(f"  c={c:3d}: {s['output_throughput']:7.1f} tok/s  TTFT p50 {s['ttft']['median'] * 1e3:7.0f} ms  "
+              f"p99 {s['ttft']['p99'] * 1e3:7.0f} ms  failed {s['failed']}", flush=True)
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--requests", type=int, default=16, help="requests per level (at least the concurrency)")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--skip-transformers", action="store_true")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.concurrency.split(",")]
+    model_dir = str(embedded.ensure_converted())
+    results: dict[str, dict[int, dict]] = {}
+    for engine in ("naive", "threads", "batched"):
+        print(f"corolab serve --engine {engine}", flush=True)
+        async with BackgroundServer(model=None, engine=engine, args=["--max-batch-size", str(max(levels))]) as server:
+            results[engine] = await measure(server.url, embedded.MODEL_ID, levels, args.requests, args.max_tokens)
+    if not args.skip_transformers:
+        for continuous in (False, True):
+            name = "transformers serve" + (" --continuous-batching" if continuous else "")
+            print(name, flush=True)
+            with transformers_server(model_dir, continuous) as url:
+                results[name] = await measure(url, model_dir, levels, args.requests, args.max_tokens)
+
+    top = max(levels)
+    print("\noutput tokens/s (TTFT p50 / p99 in ms)")
+    print(f"{'server':42}" + "".join(f"{'c=' + str(c):>24}" for c in levels))
+    for name, by_level in results.items():
+        cells = "".join(f"{r['tok_s']:8.1f} ({r['ttft_p50'] * 1e3:5.0f}/{r['ttft_p99'] * 1e3:5.0f})" for r in by_level.values())
+        print(f"{name:42}{cells}")
+    batched, naive = results["batched"][top], results["naive"][top]
+    print(f"\nratios at c={top}:")
+    for name, by_level in results.items():
+        if name != "batched":
+            print(f"  batched / {name}: {batched['tok_s'] / by_level[top]['tok_s']:.2f}x tok/s, "
+                  f"TTFT p99 {batched['ttft_p99'] / by_level[top]['ttft_p99']:.2f}x")
+    print(f"headline: batched / naive at c={top}: {batched['tok_s'] / naive['tok_s']:.2f}x output tokens/s")
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,199 @@
+"""The real backend: any Hugging Face causal language model, by id or local path, with its chat template.
+
+Nothing is downloaded at run time unless the user's environment allows it: ids resolve from the local
+Hugging Face cache. The embedded default model (``corolab.backends.embedded``) is a local path too.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+from corolab.backends.base import Backend, BackendInfo, Batch
+from corolab.engine.base import SamplingParams
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(dtype: str, device: str):  # -> torch.dtype
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+class HFBatch(Batch):
+    """Rows of one left-padded KV cache (see :mod:`corolab.backends.kvcache`).
+
+    Joining requests are prefilled together in one padded forward pass (``add_many``), then merged into
+    the running cache. Each step feeds every row its last token with that row's own position id, so a row
+    that joined late (shorter, more left padding) computes exactly what it would compute alone.
+    """
+
+    def __init__(self, backend: HFBackend) -> None:
+        self._b = backend
+        self._keys: list[int | None] = []  # one per cache row; None: left, row not dropped yet
+        self._samplers: list = []
+        self._last: list[int] = []
+        self._cache = None
+        self._mask = None
+
+    def __len__(self) -> int:
+        return sum(key is not None for key in self._keys)
+
+    def add(self, key: int, prompt: Sequence[int], params: SamplingParams) -> int:
+        return self.add_many([(key, prompt, params)])[key]
+
+    def add_many(self, items: Sequence[tuple[int, Sequence[int], SamplingParams]]) -> dict[int, int]:
+        import torch
+
+        from corolab.backends.kvcache import empty_cache, merge_rows
+        from corolab.backends.sampling import RowSampler, sample
+
+        if not items:
+            return {}
+        self._compact()
+        model, device = self._b.model, self._b.device
+        width = max(len(prompt) for _, prompt, _ in items)
+        ids = torch.full((len(items), width), self._b.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, (_, prompt, _) in enumerate(items):
+            ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        row_cache = empty_cache(model.config.num_hidden_layers)
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                        logits_to_keep=1, **{self._b.cache_kwarg: row_cache})
+        samplers = [RowSampler(params, device) for _, _, params in items]
+        tokens = sample(out.logits[:, -1, :].float(), samplers)
+        self._cache, self._mask = merge_rows(self._cache, self._mask, row_cache, mask)
+        self._keys.extend(key for key, _, _ in items)
+        self._samplers.extend(samplers)
+        self._last.extend(tokens)
+        return {key: token for (key, _, _), token in zip(items, tokens)}
+
+    def step(self) -> dict[int, int]:
+        import torch
+
+        from corolab.backends.sampling import sample
+
+        if not len(self):
+            return {}
+        self._compact()
+        device = self._b.device
+        ids = torch.tensor(self._last, device=device).unsqueeze(1)
+        positions = self._mask.sum(dim=1, keepdim=True)  # real tokens so far = the new token's position
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self._keys), 1))], dim=1)
+        with torch.inference_mode():
+            out = self._b.model(input_ids=ids, attention_mask=self._mask, position_ids=positions, use_cache=True,
+                                **{self._b.cache_kwarg: self._cache})
+        tokens = sample(out.logits[:, -1, :].float(), self._samplers)
+        self._last = tokens
+        return dict(zip(self._keys, tokens))
+
+    def remove(self, key: int) -> None:
+        """Forget a row now; its cache row is dropped before the next forward pass, together with every
+        other row that left meanwhile (requests often finish together: one copy of the cache, not one each)."""
+        if key not in self._keys:
+            return
+        self._keys[self._keys.index(key)] = None
+        if not len(self):
+            self._keys, self._samplers, self._last = [], [], []
+            self._cache = self._mask = None
+
+    def _compact(self) -> None:
+        from corolab.backends.kvcache import select_rows
+
+        keep = [row for row, key in enumerate(self._keys) if key is not None]
+        if len(keep) == len(self._keys):
+            return
+        self._cache, self._mask = select_rows(self._cache, self._mask, keep)
+        self._keys = [self._keys[row] for row in keep]
+        self._samplers = [self._samplers[row] for row in keep]
+        self._last = [self._last[row] for row in keep]
+
+
+class HFBackend(Backend):
+    def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", model_id: str | None = None,
+                 gguf_file: str | None = None) -> None:
+        self.source = model
+        self.gguf_file = gguf_file
+        self.device_request, self.dtype_request = device, dtype
+        self.model = None
+        self.tokenizer = None
+        self.device = "cpu"
+        self.info = BackendInfo(model_id=model_id or model, context_window=2048, backend="hf")
+        self._eos: frozenset[int] = frozenset()
+        self.cache_kwarg = "past_key_values"
+        self.pad_token_id = 0
+
+    def load(self) -> None:
+        if self.model is not None:  # already loaded (engines call load() in start(); a restart is free)
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = pick_device(self.device_request)
+        dtype = pick_dtype(self.dtype_request, self.device)
+        extra: dict = {"local_files_only": True}  # never a download in the middle of serving
+        if self.gguf_file:
+            extra["gguf_file"] = self.gguf_file
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source, **extra)
+            model = AutoModelForCausalLM.from_pretrained(self.source, dtype=dtype, **extra)
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot load model {self.source!r}: {exc}. Give a local path, or an id already in your Hugging "
+                "Face cache; corolab does not download models."
+            ) from exc
+        self.model = model.to(self.device).eval()
+        # transformers 5 renamed the forward argument ``past_key_values`` to ``cache``; accept both.
+        self.cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
+        if self.tokenizer.chat_template is None:
+            raise RuntimeError(f"model {self.source!r} has no chat template; corolab serves chat models only")
+        eos = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(model.generation_config, "eos_token_id", None)
+        eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
+        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
+            eos.add(im_end)
+        self._eos = frozenset(e for e in eos if e is not None)
+        window = getattr(model.config, "max_position_embeddings", None) or 2048
+        self.info = replace(self.info, context_window=int(window), device=self.device,
+                            dtype=str(dtype).removeprefix("torch."))
+        torch.set_grad_enabled(False)
+        print(f"corolab: loaded {self.info.model_id} on {self.device} ({self.info.dtype})", file=sys.stderr)
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def new_batch(self) -> Batch:
+        return HFBatch(self)

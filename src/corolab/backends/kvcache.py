@@ -1,0 +1,106 @@
+"""A KV cache for continuous batching: rows join and leave between decode steps.
+
+transformers' ``DynamicLayer`` appends each step's keys with ``torch.cat``, copying the whole cache every
+step. Here each layer keeps a buffer with spare room (grown by doubling), so a step writes one column in
+place. Rows are left-padded to a common length; the attention mask hides the padding. Joining pads the
+shorter side on the left; leaving selects the remaining rows and trims columns that are padding for all.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+
+class GrowableLayer(DynamicLayer):
+    """One layer's keys and values in a buffer with spare columns; ``keys``/``values`` are views of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self.length = 0
+
+    def set(self, keys: torch.Tensor, values: torch.Tensor, spare: int = 64) -> None:
+        b, h, t, d = keys.shape
+        self._k = keys.new_empty((b, h, t + spare, d))
+        self._v = values.new_empty((b, h, t + spare, d))
+        self._k[:, :, :t] = keys
+        self._v[:, :, :t] = values
+        self.length = t
+        self._expose()
+
+    def _expose(self) -> None:
+        assert self._k is not None and self._v is not None
+        self.keys = self._k[:, :, : self.length]
+        self.values = self._v[:, :, : self.length]
+        self.is_initialized = True
+        self.device = self._k.device
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):  # type: ignore[override]
+        if self._k is None:
+            self.set(key_states, value_states)
+            return self.keys, self.values
+        n = key_states.shape[-2]
+        if self.length + n > self._k.shape[-2]:
+            self.set(self.keys, self.values, spare=max(64, self.length + n))
+        self._k[:, :, self.length : self.length + n] = key_states
+        self._v[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        self._expose()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+
+def empty_cache(num_layers: int) -> DynamicCache:
+    cache = DynamicCache()
+    cache.layers = [GrowableLayer() for _ in range(num_layers)]
+    return cache
+
+
+def left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad dim -2 (sequence) of a [B, H, T, D] tensor on the left with zeros up to ``width``."""
+    missing = width - t.shape[-2]
+    if missing <= 0:
+        return t
+    pad = t.new_zeros((*t.shape[:-2], missing, t.shape[-1]))
+    return torch.cat([pad, t], dim=-2)
+
+
+def merge_rows(batch: DynamicCache, batch_mask: torch.Tensor | None, row: DynamicCache, row_mask: torch.Tensor
+               ) -> tuple[DynamicCache, torch.Tensor]:
+    """Append ``row``'s cache (one or more rows) to ``batch``'s, left-padding the shorter one."""
+    if batch_mask is None or batch_mask.shape[0] == 0:
+        merged = empty_cache(len(row.layers))
+        for src, dst in zip(row.layers, merged.layers):
+            dst.set(src.keys, src.values)
+        return merged, row_mask
+    width = max(batch_mask.shape[1], row_mask.shape[1])
+    merged = empty_cache(len(batch.layers))
+    for old, new, dst in zip(batch.layers, row.layers, merged.layers):
+        dst.set(torch.cat([left_pad(old.keys, width), left_pad(new.keys, width)]),
+                torch.cat([left_pad(old.values, width), left_pad(new.values, width)]))
+    mask = torch.cat([_pad_mask(batch_mask, width), _pad_mask(row_mask, width)])
+    return merged, mask
+
+
+def _pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - mask.shape[1]
+    if missing <= 0:
+        return mask
+    return torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)
+
+
+def select_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int]) -> tuple[DynamicCache, torch.Tensor]:
+    """Keep only rows ``keep``; drop leading columns that are padding in every kept row."""
+    index = torch.tensor(keep, dtype=torch.long, device=mask.device)
+    mask = mask[index]
+    used = mask.any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else mask.shape[1]
+    mask = mask[:, start:]
+    out = empty_cache(len(cache.layers))
+    for src, dst in zip(cache.layers, out.layers):
+        dst.set(src.keys[index, :, start:], src.values[index, :, start:])  # (index_select is slow on CPU)
+    return out, mask

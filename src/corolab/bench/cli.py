@@ -1,0 +1,98 @@
+"""``corolab bench``: load-test any OpenAI-compatible chat endpoint (or corolab's websocket) from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench",
+        help="load-test an OpenAI-compatible chat endpoint",
+        description="Closed loop (--concurrency) or open loop (--rate, Poisson arrivals); comma lists sweep.",
+    )
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="base URL or full endpoint")
+    p.add_argument("--model", default="fake")
+    p.add_argument("--mode", choices=("stream", "nonstream", "ws"), default="stream")
+    load = p.add_mutually_exclusive_group()
+    load.add_argument("--concurrency", type=_ints, help="e.g. 1,8,32 (closed loop)")
+    load.add_argument("--rate", type=_floats, help="requests/s, e.g. 2,4 (open loop)")
+    p.add_argument("--max-concurrency", type=int, default=256, help="cap on in-flight requests with --rate")
+    p.add_argument("--requests", type=int, default=None, help="requests per run (default 100 without --duration)")
+    p.add_argument("--duration", type=float, default=None, help="seconds per run")
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--dataset", help="JSONL with prompt/query/messages (+ max_tokens) per line")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ignore-eos", action="store_true", help="ask for exactly max_tokens (vLLM extension)")
+    p.add_argument("--ttft-limit", type=float, help="goodput TTFT limit, milliseconds")
+    p.add_argument("--tpot-limit", type=float, help="goodput TPOT limit, milliseconds")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, seconds")
+    p.add_argument("--api-key", help="bearer token (default: $OPENAI_API_KEY)")
+    p.add_argument("--transport", choices=("raw", "httpx"), default="raw")
+    p.add_argument("--json", dest="json_path", help="write results (with per-request records) as JSON")
+    p.add_argument("--csv", dest="csv_path", help="write one row per request as CSV")
+    p.add_argument("--plot", dest="plot_path", help="write latency CDFs (and sweep plots) as an image")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--self-test", action="store_true",
+                   help="measure the tester's own ceiling against an in-process instant server")
+    p.set_defaults(func=run)
+    return p
+
+
+def config_from_args(args):
+    from .config import BenchConfig
+
+    requests = args.requests
+    if requests is None and args.duration is None:
+        requests = 100
+    return BenchConfig(
+        url=args.url, model=args.model, mode=args.mode, concurrency=args.concurrency, rate=args.rate,
+        max_concurrency=args.max_concurrency, requests=requests, duration=args.duration,
+        prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, dataset=args.dataset, seed=args.seed,
+        ignore_eos=args.ignore_eos,
+        ttft_limit=None if args.ttft_limit is None else args.ttft_limit / 1e3,
+        tpot_limit=None if args.tpot_limit is None else args.tpot_limit / 1e3,
+        timeout=args.timeout, api_key=args.api_key, transport=args.transport, progress=not args.no_progress,
+    )
+
+
+def run(args) -> int:
+    import asyncio
+
+    from .runner import run_bench_sync, self_test
+
+    config = config_from_args(args)
+    if args.self_test:
+        if args.concurrency is None and args.rate is None:
+            config.concurrency = 64
+        if args.requests is None and args.duration is None:
+            config.requests = 4000
+        result = asyncio.run(self_test(config))
+    else:
+        result = run_bench_sync(config)
+    print(result.table())
+    if args.json_path:
+        result.to_json(args.json_path)
+        print(f"wrote {args.json_path}")
+    if args.csv_path:
+        result.to_csv(args.csv_path)
+        print(f"wrote {args.csv_path}")
+    if args.plot_path:
+        from .plots import save
+
+        for path in save(result, args.plot_path):
+            print(f"wrote {path}")
+    if result.interrupted:
+        print("interrupted: the numbers above cover only what finished", file=sys.stderr)
+        return 130
+    return 0 if all(r.summary["completed"] for r in result.runs) else 1

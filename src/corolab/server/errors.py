@@ -1,0 +1,87 @@
+"""Errors in OpenAI's shape and status, so clients (the official one included) raise the right exception.
+
+Nothing internal leaks: messages are written for the caller; tracebacks go to the server log only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from corolab.engine.base import EngineError, EngineNotReadyError, PromptTooLongError, QueueFullError
+from corolab.protocol import ErrorDetail, ErrorResponse
+
+log = logging.getLogger("corolab.server")
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          429: "rate_limit_error", 503: "service_unavailable", 500: "server_error"}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+def error_detail(status: int, message: str, param: str | None = None, code: str | None = None) -> ErrorDetail:
+    """OpenAI's error object for an HTTP status: the same for a JSON body, an SSE event or a websocket frame."""
+    kind = _TYPES.get(status, "invalid_request_error" if 400 <= status < 500 else "server_error")
+    return ErrorDetail(message=message, type=kind, param=param, code=code)
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return ErrorResponse(error=error_detail(status, message, param, code)).model_dump()
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+
+
+def from_engine_error(exc: EngineError) -> APIError:
+    """Map the engine's refusals to HTTP: what the client did (400), or what the server can't do now."""
+    if isinstance(exc, QueueFullError):
+        return APIError(429, str(exc), code="queue_full", headers={"Retry-After": f"{max(1, round(exc.retry_after))}"})
+    if isinstance(exc, PromptTooLongError):
+        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, EngineNotReadyError):
+        return APIError(503, str(exc), code="model_loading", headers={"Retry-After": "5"})
+    log.exception("engine error", exc_info=exc)
+    return APIError(500, "the model failed while generating this reply", code="generation_failed")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        return await _api_error(request, from_engine_error(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        message = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            message, param = "the request body is not valid JSON", None
+        elif param:
+            message = f"{param}: {message}"
+        return error_response(400, message, param, "invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal server error")

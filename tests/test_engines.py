@@ -1,0 +1,394 @@
+"""The three schedulers behind one contract, on the fake backend (and a few checks on the real model).
+
+Concurrency is asserted by the order of events, never by wall time: a recording backend logs every
+prefill and decode step (which request, from which thread), and a gate holds the first decode step until
+the test has put a second request in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from corolab.backends.base import Batch
+from corolab.backends.fake import FakeBackend
+from corolab.engine import (
+    ENGINE_KINDS, EngineError, EngineNotReadyError, PromptTooLongError, QueueFullError, SamplingParams, create_engine,
+)
+
+CHAT = [{"role": "user", "content": "你好，世界! hello"}]
+REPLY = "You said: 你好，世界! hello"
+
+
+class RecordingBackend(FakeBackend):
+    """The fake backend, plus a log of ("add"|"step"|"remove", keys) and an optional gate on decode steps."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.log: list[tuple[str, tuple[int, ...]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self._lock = threading.Lock()
+
+    def new_batch(self) -> Batch:
+        return _RecordingBatch(self, super().new_batch())
+
+    def record(self, what: str, keys: Sequence[int]) -> None:
+        with self._lock:
+            self.log.append((what, tuple(sorted(keys))))
+
+
+class _RecordingBatch(Batch):
+    def __init__(self, backend: RecordingBackend, inner: Batch) -> None:
+        self.b, self.inner, self.keys = backend, inner, set()
+
+    def add(self, key, prompt, params):
+        self.keys.add(key)
+        self.b.record("add", [key])
+        return self.inner.add(key, prompt, params)
+
+    def step(self):
+        assert self.b.gate.wait(timeout=10), "the test never opened the gate"
+        out = self.inner.step()
+        self.b.record("step", list(out))
+        return out
+
+    def remove(self, key):
+        if key in self.keys:
+            self.keys.discard(key)
+            self.b.record("remove", [key])
+        self.inner.remove(key)
+
+    def __len__(self):
+        return len(self.inner)
+
+
+async def started(kind: str, backend=None, **kwargs):
+    engine = create_engine(kind, backend or FakeBackend(), **kwargs)
+    await engine.start()
+    return engine
+
+
+async def collect(engine, messages=CHAT, **params):
+    return [d async for d in engine.generate(messages, SamplingParams(**params))]
+
+
+def text_of(deltas) -> str:
+    return "".join(d.text for d in deltas)
+
+
+async def wait_for(predicate, what: str) -> None:
+    """Let other tasks run until ``predicate()`` holds (bounded: a broken engine fails, never hangs)."""
+    for _ in range(10_000):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- the contract, for every engine ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+async def test_reply_usage_and_finish(kind):
+    engine = await started(kind)
+    deltas = await collect(engine)
+    assert text_of(deltas) == REPLY
+    assert [d.finish_reason for d in deltas[:-1]] == [None] * (len(deltas) - 1)
+    assert deltas[-1].finish_reason == "stop"
+    assert deltas[-1].completion_tokens == len(REPLY.encode())  # the fake's tokens are UTF-8 bytes
+    assert deltas[-1].prompt_tokens == len(FakeBackend().encode_chat(CHAT))
+    assert "\ufffd" not in text_of(deltas)  # never half a Chinese character
+    stats = engine.stats()
+    assert (stats.running, stats.requests_finished, stats.tokens_generated) == (0, 1, len(REPLY.encode()))
+    assert engine.info.engine == kind and engine.info.backend == "fake"
+    await engine.stop()
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+async def test_max_tokens_ends_with_length(kind):
+    engine = await started(kind)
+    deltas = await collect(engine, max_tokens=5)
+    assert text_of(deltas) == REPLY[:5]
+    assert (deltas[-1].finish_reason, deltas[-1].completion_tokens) == ("length", 5)
+    await engine.stop()
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+async def test_ignore_eos_runs_to_max_tokens(kind):
+    engine = await started(kind)
+    deltas = await collect(engine, max_tokens=100, ignore_eos=True)
+    assert (deltas[-1].finish_reason, deltas[-1].completion_tokens) == ("length", 100)
+    assert text_of(deltas).startswith(REPLY + " " + REPLY[:10])  # the fake says it again
+    await engine.stop()
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+async def test_stop_sequence_is_never_streamed(kind):
+    engine = await started(kind)
+    deltas = await collect(engine, stop=("said",))
+    assert text_of(deltas) == "You "
+    assert deltas[-1].finish_reason == "stop"
+    assert not any("s" in d.text for d in deltas)  # "s", "sa", "sai" were held back, then dropped
+    chinese = await collect(engine, stop=("世界",))
+    assert text_of(chinese) == "You said: 你好，"
+    await engine.stop()
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+async def test_seeded_sampling_is_reproducible(kind):
+    engine = await started(kind)
+    replies = {seed: text_of(await collect(engine, temperature=1.0, seed=seed)) for seed in range(8)}
+    again = {seed: text_of(await collect(engine, temperature=1.0, seed=seed)) for seed in range(8)}
+    assert replies == again
+    assert len(set(replies.values())) > 1  # the seed matters
+    await engine.stop()
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+async def test_errors_come_before_the_first_delta(kind):
+    engine = create_engine(kind, FakeBackend(context_window=64))
+    with pytest.raises(EngineNotReadyError):
+        await collect(engine)
+    await engine.start()
+    with pytest.raises(PromptTooLongError):
+        await collect(engine, messages=[{"role": "user", "content": "x" * 100}])
+    assert text_of(await collect(engine, messages=[{"role": "user", "content": "hi"}])) == "You said: hi"
+    await engine.stop()
+
+
+class BrokenBackend(RecordingBackend):
+    """Its first decode step raises, as a model would on running out of memory."""
+
+    def new_batch(self) -> Batch:
+        batch = super().new_batch()
+        step = batch.step
+
+        def failing_once():
+            if not getattr(self, "failed", False):
+                self.failed = True
+                raise RuntimeError("out of memory")
+            return step()
+
+        batch.step = failing_once
+        return batch
+
+
+@pytest.mark.parametrize("kind", ["threads", "batched"])
+async def test_a_failed_step_fails_its_requests_not_the_engine(kind):
+    engine = await started(kind, BrokenBackend())
+    with pytest.raises(EngineError) as failed:
+        await collect(engine)
+    assert isinstance(failed.value.__cause__, RuntimeError)
+    assert text_of(await collect(engine)) == REPLY  # the next request is served normally
+    await engine.stop()
+
+
+def test_unknown_engine_kind():
+    with pytest.raises(ValueError, match="naive"):
+        create_engine("magic", FakeBackend())
+
+
+# ---- who waits for whom ------------------------------------------------------------------------------
+
+
+async def test_naive_serializes_requests_and_blocks_the_loop():
+    backend = RecordingBackend()
+    engine = await started("naive", backend)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def consume(name, log):
+        async for d in engine.generate(CHAT, SamplingParams()):
+            log.append((name, d.finish_reason, ticks))
+
+    tick_task = asyncio.create_task(ticker())
+    log: list = []
+    await asyncio.gather(consume("a", log), consume("b", log))
+    tick_task.cancel()
+    names = [name for name, _, _ in log]
+    assert names == sorted(names)  # every delta of a before any of b
+    assert len({t for name, _, t in log if name == "a"}) == 1  # the loop ran nothing else during a's reply
+    adds = [i for i, (what, _) in enumerate(backend.log) if what == "add"]
+    assert adds[1] > max(i for i, (what, k) in enumerate(backend.log) if what == "step" and k == backend.log[adds[0]][1])
+
+
+@pytest.mark.parametrize("kind", ["threads", "batched"])
+async def test_requests_overlap(kind):
+    """A second request starts while the first is mid-reply, and the event loop stays free."""
+    backend = RecordingBackend()
+    engine = await started(kind, backend)
+    backend.gate.clear()  # hold the first decode step
+    a = engine.generate(CHAT, SamplingParams())
+    first_a = await anext(a)
+    b_task = asyncio.create_task(collect(engine))
+    await wait_for(lambda: engine.stats().waiting + engine.stats().running >= 2, "the second request")
+    backend.gate.set()
+    rest_a = [d async for d in a]
+    b = await b_task
+    assert text_of([first_a, *rest_a]) == REPLY and text_of(b) == REPLY
+    adds = [k for what, k in backend.log if what == "add"]
+    first_a_key, b_key = adds[0][0], adds[1][0]
+    a_steps = [i for i, (what, k) in enumerate(backend.log) if what == "step" and first_a_key in k]
+    b_add = backend.log.index(("add", (b_key,)))
+    assert backend.log.index(("add", (first_a_key,))) < b_add < a_steps[-1]  # b joined while a still ran
+    if kind == "batched":
+        assert ("step", tuple(sorted((first_a_key, b_key)))) in backend.log  # one step served both
+    await engine.stop()
+
+
+async def one_running_one_waiting(backend: RecordingBackend, **engine_kwargs):
+    """A batched engine with one slot: request a has its first delta and holds the slot (its next step is
+    gated), request b (a task collecting its reply) waits for the slot."""
+    engine = await started("batched", backend, max_batch_size=1, **engine_kwargs)
+    backend.gate.clear()
+    a = engine.generate(CHAT, SamplingParams())
+    await anext(a)
+    b_task = asyncio.create_task(collect(engine))
+    await wait_for(lambda: engine.stats().waiting == 1, "b to wait for the only slot")
+    return engine, a, b_task
+
+
+async def test_batched_cancel_frees_the_slot_at_once():
+    backend = RecordingBackend()
+    engine, a, b_task = await one_running_one_waiting(backend)
+    await a.aclose()  # the client went away
+    backend.gate.set()
+    b = await b_task
+    assert text_of(b) == REPLY
+    removes = [k[0] for what, k in backend.log if what == "remove"]
+    a_key = backend.log[0][1][0]
+    assert removes[0] == a_key
+    a_steps = [i for i, (what, k) in enumerate(backend.log) if what == "step" and a_key in k]
+    assert len(a_steps) <= 1  # a stopped after the step that was running when it left
+    assert backend.log.index(("remove", (a_key,))) < [i for i, (w, _) in enumerate(backend.log) if w == "add"][1]
+    stats = engine.stats()
+    assert (stats.running, stats.waiting, stats.requests_finished) == (0, 0, 2)
+    await engine.stop()
+
+
+async def test_batched_queue_full_and_cancel_while_waiting():
+    backend = RecordingBackend()
+    engine = await started("batched", backend, max_batch_size=1, max_waiting=1)
+    backend.gate.clear()
+    a = engine.generate(CHAT, SamplingParams())
+    await anext(a)
+    b = engine.generate(CHAT, SamplingParams())
+    b_task = asyncio.create_task(anext(b))
+    await wait_for(lambda: engine.stats().waiting == 1, "b to wait")
+    with pytest.raises(QueueFullError) as full:
+        await collect(engine)
+    assert full.value.retry_after > 0
+    b_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await b_task
+    await b.aclose()
+    assert engine.stats().waiting == 0  # left the queue without ever running
+    backend.gate.set()
+    assert text_of([d async for d in a]) == REPLY[1:]
+    assert [k for what, k in backend.log if what == "add"] == [backend.log[0][1]]
+    await engine.stop()
+
+
+async def test_batched_per_request_sampling_in_one_batch():
+    """Different settings share steps, and each request gets exactly what it would get alone."""
+    settings = [dict(max_tokens=7), dict(stop=("世",)), dict(temperature=1.0, seed=3), dict()]
+    chats = [[{"role": "user", "content": text}] for text in ("short", "你好，世界", "seeded", "x" * 40)]
+    alone = await started("naive")
+    expected = [text_of(await collect(alone, c, **s)) for c, s in zip(chats, settings)]
+    backend = RecordingBackend()
+    engine = await started("batched", backend)
+    backend.gate.clear()
+    tasks = [asyncio.create_task(collect(engine, c, **s)) for c, s in zip(chats, settings)]
+    await wait_for(lambda: engine.stats().running + engine.stats().waiting == 4, "all four requests")
+    backend.gate.set()
+    got = [text_of(d) for d in await asyncio.gather(*tasks)]
+    assert got == expected
+    assert max(len(k) for what, k in backend.log if what == "step") == 4
+    await engine.stop()
+
+
+async def test_step_listeners_see_batch_sizes():
+    backend = RecordingBackend()
+    engine = await started("batched", backend)
+    sizes: list[int] = []
+    engine.step_listeners.append(lambda size, seconds: sizes.append(size))
+    backend.gate.clear()
+    tasks = [asyncio.create_task(collect(engine)) for _ in range(3)]
+    await wait_for(lambda: engine.stats().running + engine.stats().waiting == 3, "three requests")
+    backend.gate.set()
+    await asyncio.gather(*tasks)
+    steps = [k for what, k in backend.log if what == "step"]
+    assert sizes == [len(k) for k in steps] and 3 in sizes
+    await engine.stop()
+
+
+async def test_batched_stop_fails_pending_requests():
+    backend = RecordingBackend()
+    engine, a, b_task = await one_running_one_waiting(backend)
+    stopping = asyncio.create_task(engine.stop())
+    await wait_for(lambda: not engine.ready, "the engine to begin stopping")
+    backend.gate.set()
+    await stopping
+    with pytest.raises(EngineNotReadyError):
+        [d async for d in a]  # a was running: it ends with an error, not silence
+    with pytest.raises(EngineNotReadyError):
+        await b_task  # b never started
+
+
+# ---- the real model ----------------------------------------------------------------------------------
+
+
+def _greedy_alone(backend, prompt, n):
+    batch = backend.new_batch()
+    tokens = [batch.add(0, prompt, SamplingParams(temperature=0))]
+    tokens += [batch.step()[0] for _ in range(n - 1)]
+    return tokens
+
+
+@pytest.mark.model
+def test_greedy_in_a_mixed_batch_equals_greedy_alone(smol):
+    """Left padding, joining mid-flight and leaving early must not change any row's greedy tokens."""
+    chats = [[{"role": "user", "content": c}] for c in (
+        "Hi", "Write one sentence about the sea.", "你好，请介绍一下你自己。", "List three colours.")]
+    prompts = [smol.encode_chat(c) for c in chats]
+    n = 12
+    expected = [_greedy_alone(smol, p, n) for p in prompts]
+    batch = smol.new_batch()
+    greedy = SamplingParams(temperature=0)
+    first = batch.add_many([(0, prompts[0], greedy), (1, prompts[1], greedy)])  # one padded prefill
+    got = {key: [token] for key, token in first.items()}
+    for step in range(n + 6):
+        if step == 3:  # a long prompt joins a batch already 3 tokens in
+            got[2] = [batch.add(2, prompts[2], greedy)]
+        if step == 5:
+            got[3] = [batch.add(3, prompts[3], greedy)]
+        for key, token in batch.step().items():
+            got[key].append(token)
+            if len(got[key]) == n:
+                batch.remove(key)  # leaving rows must not disturb the others
+        if not len(batch):
+            break
+    assert [got[k] for k in range(4)] == expected
+
+
+@pytest.mark.model
+async def test_batched_engine_matches_naive_on_the_model(smol):
+    chats = [[{"role": "user", "content": c}] for c in ("Say hello.", "What is 2+2? Answer briefly.")]
+    naive = create_engine("naive", smol)
+    await naive.start()
+    expected = [text_of(await collect(naive, c, temperature=0, max_tokens=10)) for c in chats]
+    batched = create_engine("batched", smol)
+    await batched.start()
+    got = await asyncio.gather(*(collect(batched, c, temperature=0, max_tokens=10) for c in chats))
+    assert [text_of(d) for d in got] == expected
+    assert all(d[-1].completion_tokens <= 10 for d in got)
+    await batched.stop()
