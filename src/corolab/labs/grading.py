@@ -73,7 +73,7 @@ def graded_tests(lab: Lab) -> dict[str, tuple[int, str]]:
     Why: a submission that crashes before a test runs still needs that test listed with 0 points.
     """
     result = _run_child(lab, student=None, collect_only=True, timeout=60)
-    tests = {r["name"]: (r["max_points"], r["hint"]) for r in result if r.get("kind") == "catalogue"}
+    tests = _catalogue(result)
     if not tests:
         raise LabError(f"{lab.name} has no graded tests in {lab.tests}")
     return tests
@@ -82,9 +82,9 @@ def graded_tests(lab: Lab) -> dict[str, tuple[int, str]]:
 def grade(lab: Lab, student: Path, timeout: float | None = None, catalogue: dict[str, tuple[int, str]] | None = None) -> LabResult:
     """Grade one student file against a lab's tests; never raises for anything the student did."""
     student = Path(student).resolve()
-    catalogue = catalogue if catalogue is not None else graded_tests(lab)
     if not student.is_file():
-        return _fill(LabResult(lab, student, "missing", detail=f"no such file: {student}"), catalogue, {})
+        return _fill(LabResult(lab, student, "missing", detail=f"no such file: {student}"),
+                     catalogue if catalogue is not None else graded_tests(lab), {})
     limit = timeout if timeout is not None else lab.timeout
     try:
         lines = _run_child(lab, student=student, collect_only=False, timeout=limit)
@@ -94,11 +94,17 @@ def grade(lab: Lab, student: Path, timeout: float | None = None, catalogue: dict
         lines, status, detail = exc.lines, "timeout", f"stopped after {limit:g} s"
     except _ChildDied as exc:
         lines, status, detail = exc.lines, "crash", exc.detail
+    if catalogue is None:  # the run lists its tests before running them; collect separately only if it died first
+        catalogue = _catalogue(lines) or graded_tests(lab)
     seen = {r["name"]: r for r in lines if r.get("kind") == "test"}
     if any(r.get("kind") == "import-error" for r in lines):
         status = "import-error"
         detail = next(r["message"] for r in lines if r.get("kind") == "import-error")
     return _fill(LabResult(lab, student, status, detail=detail), catalogue, seen)
+
+
+def _catalogue(lines: list[dict]) -> dict[str, tuple[int, str]]:
+    return {r["name"]: (r["max_points"], r["hint"]) for r in lines if r.get("kind") == "catalogue"}
 
 
 def _fill(result: LabResult, catalogue: dict[str, tuple[int, str]], seen: dict[str, dict]) -> LabResult:
