@@ -50,7 +50,7 @@ def test_broadcast_sends_each_item_to_every_target_in_order() -> None:
         while True:
             events.append((name, (yield)))
 
-    fan = broadcast([tagged("a"), tagged("b")])
+    fan = broadcast(tagged("a"), tagged("b"))
     fan.send(1)
     fan.send(2)
     # each item reaches both sinks before the next item enters: a push pipeline is strictly ordered
@@ -69,7 +69,7 @@ def test_closing_broadcast_closes_its_targets() -> None:
             closed.append(name)
 
     targets = [watcher("x"), watcher("y")]
-    fan = broadcast(targets)
+    fan = broadcast(*targets)
     fan.close()
     assert closed == ["x", "y"]
     assert all(inspect.getgeneratorstate(t) == inspect.GEN_CLOSED for t in targets)
@@ -79,7 +79,7 @@ def test_push_sends_everything_then_closes() -> None:
     out_a: list[int] = []
     out_b: list[int] = []
     a, b = sink_list(out_a), sink_list(out_b)
-    push(range(4), broadcast([a, b]))
+    push(range(4), broadcast(a, b))
     assert out_a == out_b == [0, 1, 2, 3]
     assert inspect.getgeneratorstate(a) == inspect.GEN_CLOSED
 
@@ -91,3 +91,49 @@ def test_push_can_leave_target_open() -> None:
     push([2], sink, close=False)
     assert out == [1, 2]
     assert inspect.getgeneratorstate(sink) == inspect.GEN_SUSPENDED
+
+
+def test_broadcast_closes_every_target_even_if_one_fails_to_close() -> None:
+    closed: list[str] = []
+
+    @coroutine
+    def fragile():
+        try:
+            yield
+        finally:
+            raise OSError("disk full")
+
+    @coroutine
+    def watcher():
+        try:
+            while True:
+                yield
+        finally:
+            closed.append("watcher")
+
+    fan = broadcast(fragile(), watcher())
+    with pytest.raises(OSError, match="disk full"):
+        fan.close()
+    assert closed == ["watcher"]
+
+
+def test_push_closes_the_pipeline_even_when_a_stage_fails() -> None:
+    closed: list[str] = []
+
+    @coroutine
+    def picky():
+        try:
+            while True:
+                if (yield) < 0:
+                    raise ValueError("negative")
+        finally:
+            closed.append("picky")
+
+    out: list[int] = []
+    keep = sink_list(out)
+    fan = broadcast(keep, picky())
+    with pytest.raises(ValueError, match="negative"):
+        push([1, 2, -3, 4], fan)
+    assert out == [1, 2, -3]  # the sink before the failing stage saw -3; nothing after it was sent
+    assert closed == ["picky"]
+    assert inspect.getgeneratorstate(keep) == inspect.GEN_CLOSED

@@ -1,8 +1,9 @@
 """Classic (generator-based) coroutines: the priming decorator and push-pipeline helpers.
 
-Part II builds these in its chapters, then imports them from here so that later parts and Lab 2 use one
-copy. A *classic coroutine* is a generator that receives values through ``send()``; it must first run to
-its first ``yield`` before it can receive anything, which is what :func:`coroutine` automates.
+Part II builds these in its chapters, then imports them from here so that later chapters use one copy
+(Lab 2 asks students to write their own). A *classic coroutine* is a generator that receives values
+through ``send()``; it must first run to its first ``yield`` before it can receive anything, which is
+what :func:`coroutine` automates.
 """
 
 from __future__ import annotations
@@ -38,21 +39,32 @@ def coroutine(func: Callable[P, Generator[Y, S, R]]) -> Callable[P, Generator[Y,
 
 
 @coroutine
-def broadcast(targets: Iterable[Sink]) -> Sink:
-    """Send every received item to each target, in order; closing this closes them all.
+def broadcast(*targets: Sink) -> Sink:
+    """Send every received item to each target, in order; closing this closes them all, in order.
 
     Why: a push pipeline is a graph, not only a chain. Fan-out lets one pass over the data feed several
-    consumers, and forwarding ``close()`` lets the source end the whole graph with one call.
+    consumers, and forwarding ``close()`` lets the source end the whole graph with one call. The targets
+    are closed one by one even if closing one of them fails, so no sink misses its final flush.
     """
-    targets = list(targets)
     try:
         while True:
             item = yield
             for target in targets:
                 target.send(item)
     finally:
-        for target in targets:
+        _close_all(targets)
+
+
+def _close_all(targets: tuple[Sink, ...]) -> None:
+    """Close each target; if one fails, still close the rest, then raise the first failure."""
+    first_error: Exception | None = None
+    for target in targets:
+        try:
             target.close()
+        except Exception as error:
+            first_error = first_error or error
+    if first_error is not None:
+        raise first_error
 
 
 @coroutine
