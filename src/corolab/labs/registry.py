@@ -71,7 +71,8 @@ class Lab:
         paths = []
         for mutant in self.mutants():
             path = folder / f"{mutant.name}.py"
-            path.write_text(f'"""Broken on purpose ({mutant.name}): {mutant.why}"""\n' + mutant.source, encoding="utf-8")
+            # A comment, not a docstring: a second docstring would push `from __future__` off the first line.
+            path.write_text(f"# Broken on purpose ({mutant.name}): {mutant.why}\n" + mutant.source, encoding="utf-8")
             paths.append(path)
         return paths
 
