@@ -7,7 +7,8 @@ One run, one machine, the same prompts, the same load tester (`corolab.bench`, c
 
 at each concurrency (default 1, 8, 32), 64 output tokens asked per request (`max_tokens`; no `ignore_eos`,
 because `transformers serve` rejects it, so all servers get identical requests and tok/s counts what each
-server reports in `usage`). It prints output tokens/s and TTFT p50/p99 per server and level, then ratios.
+server reports in `usage`). Before each level, every server gets an unmeasured warm-up of one short request
+per user at that concurrency. It prints output tokens/s and TTFT p50/p99 per server and level, then ratios.
 The last line is the headline: batched / naive tokens/s at the highest concurrency.
 
     python benchmarks/bench_serving.py                       # full run: about 10 minutes on 2 CPU cores
@@ -61,9 +62,12 @@ def transformers_server(model_dir: str, continuous: bool):
 
 
 async def measure(url: str, model: str, levels: list[int], requests: int, max_tokens: int) -> dict[int, dict]:
-    await run_bench(BenchConfig(url=url, model=model, concurrency=1, requests=1, max_tokens=4, progress=False))
     out = {}
     for c in levels:
+        # Warm-up, not measured: one short request per user at this concurrency, so the first batch of this
+        # shape (kernels picked, buffers grown) is not charged to the measured requests. Same for every server.
+        await run_bench(BenchConfig(url=url, model=model, concurrency=c, requests=c, max_tokens=4, prompt_tokens=32,
+                                    progress=False))
         result = await run_bench(BenchConfig(url=url, model=model, concurrency=c, requests=max(requests, c),
                                              max_tokens=max_tokens, prompt_tokens=32, temperature=0.0,
                                              progress=False))

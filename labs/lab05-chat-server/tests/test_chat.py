@@ -52,6 +52,14 @@ class Client:
         self.writer.close()
 
 
+async def room(port: int, *names: str) -> list[Client]:
+    """Join ``names`` in order; each client reads the join notices of those after it, so all start even."""
+    clients = [await Client.join(port, name) for name in names]
+    for i, client in enumerate(clients):
+        assert await client.lines(len(names) - 1 - i) == [f"* {n} joined" for n in names[i + 1:]]
+    return clients
+
+
 def run(body: Callable[[object, int], Awaitable[None]], student) -> None:
     """Start the student's server, run one async test body against it, close it; a hang fails this test."""
 
@@ -80,11 +88,7 @@ def test_welcome_and_join_notice(student) -> None:
 @points(3, hint="Send 'NAME: text' to every client except the one who said it.")
 def test_a_message_goes_to_everyone_else(student) -> None:
     async def body(server, port: int) -> None:
-        alice = await Client.join(port, "alice")
-        bob = await Client.join(port, "bob")
-        carol = await Client.join(port, "carol")
-        assert await alice.lines(2) == ["* bob joined", "* carol joined"]
-        assert await bob.line() == "* carol joined"
+        alice, bob, carol = await room(port, "alice", "bob", "carol")
         await alice.say("hi all")
         assert await bob.line() == "alice: hi all"
         assert await carol.line() == "alice: hi all"
@@ -102,9 +106,7 @@ def test_a_message_goes_to_everyone_else(student) -> None:
 def test_twenty_clients_at_once(student) -> None:
     async def body(server, port: int) -> None:
         names = [f"user{i:02}" for i in range(20)]
-        clients = [await Client.join(port, name) for name in names]
-        for i, client in enumerate(clients):           # each saw everyone who joined after it
-            assert await client.lines(19 - i) == [f"* {n} joined" for n in names[i + 1:]]
+        clients = await room(port, *names)             # each saw everyone who joined after it
         await asyncio.gather(*(c.say(f"hello from {n}") for c, n in zip(clients, names)))
         received = await asyncio.gather(*(c.lines(19) for c in clients))
         for name, lines in zip(names, received):
@@ -146,11 +148,7 @@ def test_bad_and_taken_names_are_refused(student) -> None:
 @points(3, hint="In a `finally` around the session: remove the name, send '* NAME left', close the writer.")
 def test_quit_and_hang_up_both_leave_cleanly(student) -> None:
     async def body(server, port: int) -> None:
-        alice = await Client.join(port, "alice")
-        bob = await Client.join(port, "bob")
-        carol = await Client.join(port, "carol")
-        assert await alice.lines(2) == ["* bob joined", "* carol joined"]
-        assert await bob.line() == "* carol joined"
+        alice, bob, carol = await room(port, "alice", "bob", "carol")
         await bob.say("/quit")
         assert await bob.line() == "bye"
         assert await bob.hung_up()

@@ -28,6 +28,14 @@ class FakeBatch(Batch):
 
     def add(self, key: int, prompt: Sequence[int], params: SamplingParams) -> int:
         self._backend._pause()
+        return self._admit(key, prompt, params)
+
+    def add_many(self, items: Sequence[tuple[int, Sequence[int], SamplingParams]]) -> dict[int, int]:
+        """One pause for the whole group, as a real backend prefills a padded batch in one forward pass."""
+        self._backend._pause()
+        return {key: self._admit(key, prompt, params) for key, prompt, params in items}
+
+    def _admit(self, key: int, prompt: Sequence[int], params: SamplingParams) -> int:
         reply = self._backend.reply_for(prompt, params)
         if params.ignore_eos:  # say it again and again, so every request runs to max_tokens
             once = reply[:-1] + list(b" ")
