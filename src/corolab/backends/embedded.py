@@ -139,8 +139,8 @@ def clear() -> list[Path]:
 class EmbeddedBackend(HFBackend):
     """The default model. Constructing it is instant; ``load()`` converts once if needed, then loads."""
 
-    def __init__(self, *, device: str = "auto", dtype: str = "auto") -> None:
-        super().__init__(str(converted_dir()), device=device, dtype=dtype, model_id=MODEL_ID)
+    def __init__(self, *, device: str = "auto", dtype: str = "auto", prefix_cache: bool = True) -> None:
+        super().__init__(str(converted_dir()), device=device, dtype=dtype, model_id=MODEL_ID, prefix_cache=prefix_cache)
 
     def load(self) -> None:
         self.source = str(ensure_converted())

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from corolab.backends.base import Backend, BackendInfo, Batch
+from corolab.backends.prefix import KV, PrefixStore
 from corolab.engine.base import SamplingParams
 
 
@@ -70,15 +71,25 @@ class HFBatch(Batch):
             return {}
         self._compact()
         model, device = self._b.model, self._b.device
-        width = max(len(prompt) for _, prompt, _ in items)
+        prompts = [list(prompt) for _, prompt, _ in items]
+        # The opening every prompt shares (chat template, system prompt) is not prefilled again: its keys and
+        # values come from the prefix store, and the forward pass below runs on the rest of each prompt.
+        shared, prefix_kv = self._b.prefixes.lookup(prompts) if self._b.prefixes else (0, [])
+        width = max(len(prompt) - shared for prompt in prompts)
         ids = torch.full((len(items), width), self._b.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, (_, prompt, _) in enumerate(items):
-            ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
+        for row, prompt in enumerate(prompts):
+            rest = prompt[shared:]
+            ids[row, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+            mask[row, width - len(rest):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         row_cache = empty_cache(model.config.num_hidden_layers)
+        if shared:  # cache columns: [shared prefix][left padding][rest of the prompt]; the mask hides the padding
+            for layer, (keys, values) in zip(row_cache.layers, prefix_kv):
+                layer.set(keys.expand(len(items), -1, -1, -1), values.expand(len(items), -1, -1, -1),
+                          spare=width + 64)
+            mask = torch.cat([mask.new_ones((len(items), shared)), mask], dim=1)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, shared:]
         with torch.inference_mode():
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                         logits_to_keep=1, **{self._b.cache_kwarg: row_cache})
@@ -133,8 +144,10 @@ class HFBatch(Batch):
 
 class HFBackend(Backend):
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", model_id: str | None = None,
-                 gguf_file: str | None = None) -> None:
+                 gguf_file: str | None = None, prefix_cache: bool = True) -> None:
         self.source = model
+        self.prefix_cache = prefix_cache
+        self.prefixes: PrefixStore | None = None  # created by load(), when prefix_cache is on
         self.gguf_file = gguf_file
         self.device_request, self.dtype_request = device, dtype
         self.model = None
@@ -182,6 +195,8 @@ class HFBackend(Backend):
         self.info = replace(self.info, context_window=int(window), device=self.device,
                             dtype=str(dtype).removeprefix("torch."))
         torch.set_grad_enabled(False)
+        if self.prefix_cache:
+            self.prefixes = PrefixStore(self._prefix_kv)
         print(f"corolab: loaded {self.info.model_id} on {self.device} ({self.info.dtype})", file=sys.stderr)
 
     @property
@@ -197,3 +212,17 @@ class HFBackend(Backend):
 
     def new_batch(self) -> Batch:
         return HFBatch(self)
+
+    def _prefix_kv(self, tokens: list[int]) -> KV:
+        """Keys and values of ``tokens`` alone, at positions 0.., from one forward pass at batch 1."""
+        import torch
+
+        from corolab.backends.kvcache import empty_cache
+
+        cache = empty_cache(self.model.config.num_hidden_layers)
+        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(
+                len(tokens), device=self.device).unsqueeze(0), use_cache=True, logits_to_keep=1,
+                **{self.cache_kwarg: cache})
+        return [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]

@@ -22,6 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", default=os.environ.get("COROLAB_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $COROLAB_API_KEY, else no key)")
     p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="prefill every prompt in full (default: reuse the keys/values of the opening prompts share)")
     p.add_argument("--max-waiting", type=int, default=256, help="queued requests before answering 429")
     p.add_argument("--max-tokens", type=int, default=256, help="reply length when a request sets none")
     p.add_argument("--served-model-name", action="append", default=None,
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.exit_with_parent:
         _watch_parent(args.exit_with_parent)
     try:
-        backend = load_backend(args.model, device=args.device, dtype=args.dtype)
+        backend = load_backend(args.model, device=args.device, dtype=args.dtype, prefix_cache=args.prefix_cache)
         if args.model == "fake" and args.fake_step_delay:
             backend.step_delay = args.fake_step_delay  # type: ignore[attr-defined]
         engine = create_engine(args.engine, backend, max_batch_size=args.max_batch_size,
