@@ -4,8 +4,10 @@ do not, and a hostile submission costs only its own points."""
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -46,8 +48,10 @@ def test_untouched_starter_does_not(lab) -> None:
 def test_every_graded_test_fails_on_some_broken_variant(lab, tmp_path: Path) -> None:
     catalogue = graded_tests(lab)
     caught: set[str] = set()
-    for variant in lab.write_mutants(tmp_path):
-        result = grade(lab, variant, catalogue=catalogue)
+    variants = lab.write_mutants(tmp_path)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # each grade is its own subprocess
+        results = list(pool.map(lambda variant: grade(lab, variant, catalogue=catalogue), variants))
+    for variant, result in zip(variants, results):
         assert result.status == "ok", f"{variant.name} must import and run to prove anything: {result.detail}"
         assert not result.full_marks, f"{variant.name} should not earn full marks"
         caught |= {t.name for t in result.tests if not t.passed}
