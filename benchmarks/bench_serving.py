@@ -12,7 +12,11 @@ per user at that concurrency. It prints output tokens/s and TTFT p50/p99 per ser
 The last line is the headline: batched / naive tokens/s at the highest concurrency.
 
     python benchmarks/bench_serving.py                       # full run: about 10 minutes on 2 CPU cores
-    python benchmarks/bench_serving.py --concurrency 1,8 --requests 8 --skip-transformers   # quick look
+    python benchmarks/bench_serving.py --concurrency 1,8 --requests 8 --servers naive,batched   # quick look
+    python benchmarks/bench_serving.py --dtype bfloat16 --servers naive,batched,transformers-cb
+
+``--dtype`` is passed to every server alike (ours and `transformers serve`): float32 is what ``auto`` picks
+on a CPU; bfloat16 runs much faster on CPUs with native bf16 dot products (AVX512-BF16, AMX).
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from corolab.bench import BenchConfig, run_bench
 
 
 @contextlib.contextmanager
-def transformers_server(model_dir: str, continuous: bool):
+def transformers_server(model_dir: str, continuous: bool, dtype: str):
     port = free_port()
-    cmd = ["transformers", "serve", model_dir, "--port", str(port), "--host", "127.0.0.1"]
+    cmd = ["transformers", "serve", model_dir, "--port", str(port), "--host", "127.0.0.1", "--dtype", dtype]
     if continuous:
         cmd.append("--continuous-batching")
     log = open(f"/tmp/transformers-serve-{port}.log", "w")
@@ -59,6 +63,9 @@ def transformers_server(model_dir: str, continuous: bool):
             os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
+
+
+SERVERS = ("naive", "threads", "batched", "transformers", "transformers-cb")
 
 
 async def measure(url: str, model: str, levels: list[int], requests: int, max_tokens: int) -> dict[int, dict]:
@@ -84,21 +91,36 @@ async def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--requests", type=int, default=16, help="requests per level (at least the concurrency)")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"which servers, comma-separated (default all: {','.join(SERVERS)}); "
+                             "naive and batched are needed for the headline")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="model dtype for every server (default float32, what auto picks on a CPU)")
     args = parser.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = sorted(set(servers) - set(SERVERS))
+    if unknown:
+        parser.error(f"--servers: unknown {', '.join(unknown)}; choose from {', '.join(SERVERS)}")
+    if not {"naive", "batched"} <= set(servers):
+        parser.error("--servers must include naive and batched: the ratios are batched's over the others")
     model_dir = str(embedded.ensure_converted())
+    print(f"dtype {args.dtype}, concurrency {levels}, {args.max_tokens} tokens per request", flush=True)
     results: dict[str, dict[int, dict]] = {}
     for engine in ("naive", "threads", "batched"):
+        if engine not in servers:
+            continue
         print(f"corolab serve --engine {engine}", flush=True)
-        async with BackgroundServer(model=None, engine=engine, args=["--max-batch-size", str(max(levels))]) as server:
+        async with BackgroundServer(model=None, engine=engine, args=["--max-batch-size", str(max(levels)),
+                                                                       "--dtype", args.dtype]) as server:
             results[engine] = await measure(server.url, embedded.MODEL_ID, levels, args.requests, args.max_tokens)
-    if not args.skip_transformers:
-        for continuous in (False, True):
-            name = "transformers serve" + (" --continuous-batching" if continuous else "")
-            print(name, flush=True)
-            with transformers_server(model_dir, continuous) as url:
-                results[name] = await measure(url, model_dir, levels, args.requests, args.max_tokens)
+    for key, continuous in (("transformers", False), ("transformers-cb", True)):
+        if key not in servers:
+            continue
+        name = "transformers serve" + (" --continuous-batching" if continuous else "")
+        print(name, flush=True)
+        with transformers_server(model_dir, continuous, args.dtype) as url:
+            results[name] = await measure(url, model_dir, levels, args.requests, args.max_tokens)
 
     top = max(levels)
     print("\noutput tokens/s (TTFT p50 / p99 in ms)")
@@ -112,7 +134,7 @@ async def main() -> None:
         if name != "batched":
             print(f"  batched / {name}: {batched['tok_s'] / by_level[top]['tok_s']:.2f}x tok/s, "
                   f"TTFT p99 {batched['ttft_p99'] / by_level[top]['ttft_p99']:.2f}x")
-    print(f"headline: batched / naive at c={top}: {batched['tok_s'] / naive['tok_s']:.2f}x output tokens/s")
+    print(f"headline ({args.dtype}): batched / naive at c={top}: {batched['tok_s'] / naive['tok_s']:.2f}x output tokens/s")
 
 
 if __name__ == "__main__":

@@ -133,6 +133,36 @@ def test_chat_template_sampling_and_detok_on_the_model(smol):
         greedy_run(smol, smol.new_batch(), 0, prompt, SamplingParams(temperature=0), 6)
 
 
+def test_dtype_choice():
+    import torch
+
+    from corolab.backends.hf import pick_dtype
+
+    assert pick_dtype("auto", "cpu") is torch.float32   # batch-invariant greedy replies (see pick_dtype)
+    assert pick_dtype("auto", "cuda") is torch.bfloat16
+    assert pick_dtype("bfloat16", "cpu") is torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        pick_dtype("float8", "cpu")
+
+
+@pytest.mark.model
+def test_the_model_serves_in_bfloat16_on_request(smol):
+    """bf16 on a CPU is opt-in (--dtype bfloat16): it must load, say so, and reply like the float32 model."""
+    import torch
+
+    from corolab.backends.embedded import EmbeddedBackend
+
+    fast = EmbeddedBackend(dtype="bfloat16")
+    fast.load()
+    assert fast.info.dtype == "bfloat16" and next(fast.model.parameters()).dtype is torch.bfloat16
+    prompt = smol.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    greedy = SamplingParams(temperature=0)
+    half = greedy_run(fast, fast.new_batch(), 0, prompt, greedy, 8)
+    full = greedy_run(smol, smol.new_batch(), 0, prompt, greedy, 8)
+    assert "Paris" in fast.decode(half) and "Paris" in smol.decode(full)
+    assert half[:2] == full[:2]  # rounding may part them later, not at the first confident tokens
+
+
 def test_sampling_per_row_settings_in_one_batch():
     torch = pytest.importorskip("torch")
     from corolab.backends.sampling import RowSampler, sample

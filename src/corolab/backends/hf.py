@@ -29,6 +29,15 @@ def pick_device(device: str) -> str:
 
 
 def pick_dtype(dtype: str, device: str):  # -> torch.dtype
+    """``auto``: bfloat16 on CUDA, float32 elsewhere.
+
+    Why float32 on a CPU even where bf16 is much faster (on CPUs with AVX512-BF16 or AMX, bf16 matmuls run
+    about 4x faster and the server ~2.5x; benchmarks/RESULTS.md): in float32 a greedy reply comes out the
+    same alone or in a crowd (tests/test_engines.py checks it on the model), which the book relies on. In
+    bf16, rounding differs with the batch's shape: measured, 3 of 6 greedy replies changed within 12 tokens
+    depending on which requests shared their steps.
+    ``--dtype bfloat16`` is there for when speed matters more than that.
+    """
     import torch
 
     if dtype == "auto":
@@ -44,7 +53,8 @@ class HFBatch(Batch):
 
     Joining requests are prefilled together in one padded forward pass (``add_many``), then merged into
     the running cache. Each step feeds every row its last token with that row's own position id, so a row
-    that joined late (shorter, more left padding) computes exactly what it would compute alone.
+    that joined late (shorter, more left padding) computes exactly what it would compute alone (in float32;
+    see :func:`pick_dtype` for bf16).
     """
 
     def __init__(self, backend: HFBackend) -> None:
