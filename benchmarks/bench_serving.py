@@ -9,6 +9,9 @@ at each concurrency (default 1, 8, 32), 64 output tokens asked per request (`max
 because `transformers serve` rejects it, so all servers get identical requests and tok/s counts what each
 server reports in `usage`). Before each level, every server gets an unmeasured warm-up of one short request
 per user at that concurrency. It prints output tokens/s and TTFT p50/p99 per server and level, then ratios.
+Two more figures frame them: first, the serving path's own ceiling (`corolab serve --model fake` over HTTP,
+no model cost); last, where the CPU went while the batched engine served the top level (the model's
+threads, the server's event loop, the load tester), which says whether serving or the model is the limit.
 The last line is the headline: batched / naive tokens/s at the highest concurrency.
 
     python benchmarks/bench_serving.py                       # full run: about 10 minutes on 2 CPU cores
@@ -31,6 +34,7 @@ import sys
 import time
 
 import httpx
+import psutil
 
 from corolab.background import BackgroundServer, free_port
 from corolab.backends import embedded
@@ -68,19 +72,46 @@ def transformers_server(model_dir: str, continuous: bool, dtype: str):
 SERVERS = ("naive", "threads", "batched", "transformers", "transformers-cb")
 
 
-async def measure(url: str, model: str, levels: list[int], requests: int, max_tokens: int) -> dict[int, dict]:
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds used so far by each thread of a process, by thread id (the main thread's id is the pid)."""
+    return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
+
+
+def cpu_split(before: dict[int, float], after: dict[int, float], pid: int, seconds: float) -> dict[str, float]:
+    """Where a server's CPU went during a run, in cores: its event loop (the main thread) and the rest (the
+    model: the engine's worker thread and torch's OpenMP helpers)."""
+    used = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    loop = used.pop(pid, 0.0)
+    return {"loop": loop / seconds, "model": sum(used.values()) / seconds}
+
+
+async def fake_ceiling() -> float:
+    """Output tokens/s of `corolab serve --model fake` over HTTP: the serving path's own cost, no model."""
+    async with BackgroundServer(model="fake", engine="batched") as server:
+        config = BenchConfig(url=server.url, model="fake", concurrency=32, requests=200, max_tokens=256,
+                             ignore_eos=True, progress=False)
+        await run_bench(config)  # warm-up
+        return (await run_bench(config)).runs[0].summary["output_throughput"]
+
+
+async def measure(url: str, model: str, levels: list[int], requests: int, max_tokens: int,
+                  pid: int | None = None) -> dict[int, dict]:
     out = {}
     for c in levels:
         # Warm-up, not measured: one short request per user at this concurrency, so the first batch of this
         # shape (kernels picked, buffers grown) is not charged to the measured requests. Same for every server.
         await run_bench(BenchConfig(url=url, model=model, concurrency=c, requests=c, max_tokens=4, prompt_tokens=32,
                                     progress=False))
+        before, started = (thread_cpu(pid) if pid else {}), time.perf_counter()
         result = await run_bench(BenchConfig(url=url, model=model, concurrency=c, requests=max(requests, c),
                                              max_tokens=max_tokens, prompt_tokens=32, temperature=0.0,
                                              progress=False))
+        seconds = time.perf_counter() - started
         s = result.runs[0].summary
         out[c] = {"tok_s": s["output_throughput"], "ttft_p50": s["ttft"]["median"], "ttft_p99": s["ttft"]["p99"],
-                  "failed": s["failed"]}
+                  "failed": s["failed"], "client_cpu": result.runs[0].client.get("client_cpu", float("nan"))}
+        if pid:
+            out[c].update(cpu_split(before, thread_cpu(pid), pid, seconds))
         print(f"  c={c:3d}: {s['output_throughput']:7.1f} tok/s  TTFT p50 {s['ttft']['median'] * 1e3:7.0f} ms  "
               f"p99 {s['ttft']['p99'] * 1e3:7.0f} ms  failed {s['failed']}", flush=True)
     return out
@@ -105,6 +136,9 @@ async def main() -> None:
     if not {"naive", "batched"} <= set(servers):
         parser.error("--servers must include naive and batched: the ratios are batched's over the others")
     model_dir = str(embedded.ensure_converted())
+    fake = await fake_ceiling()
+    print(f"fake backend over HTTP (corolab serve --model fake, batched, c=32, 256 tokens each): {fake:,.0f} "
+          "output tokens/s: the serving path's own ceiling (target >= 20,000)", flush=True)
     print(f"dtype {args.dtype}, concurrency {levels}, {args.max_tokens} tokens per request", flush=True)
     results: dict[str, dict[int, dict]] = {}
     for engine in ("naive", "threads", "batched"):
@@ -113,7 +147,8 @@ async def main() -> None:
         print(f"corolab serve --engine {engine}", flush=True)
         async with BackgroundServer(model=None, engine=engine, args=["--max-batch-size", str(max(levels)),
                                                                        "--dtype", args.dtype]) as server:
-            results[engine] = await measure(server.url, embedded.MODEL_ID, levels, args.requests, args.max_tokens)
+            results[engine] = await measure(server.url, embedded.MODEL_ID, levels, args.requests, args.max_tokens,
+                                            pid=server.process.pid)
     for key, continuous in (("transformers", False), ("transformers-cb", True)):
         if key not in servers:
             continue
@@ -129,6 +164,11 @@ async def main() -> None:
         cells = "".join(f"{r['tok_s']:8.1f} ({r['ttft_p50'] * 1e3:5.0f}/{r['ttft_p99'] * 1e3:5.0f})" for r in by_level.values())
         print(f"{name:42}{cells}")
     batched, naive = results["batched"][top], results["naive"][top]
+    # Where the CPU went while batched served the top level: if the model's threads had the machine and the
+    # event loop and the load tester used next to nothing, serving costs nothing more and only a faster
+    # model step (dtype, hardware) can raise tokens/s.
+    print(f"\nCPU while batched served c={top}, in cores (this machine has {psutil.cpu_count()}): model threads "
+          f"{batched['model']:.2f}, server event loop {batched['loop']:.2f}, load tester {batched['client_cpu']:.2f}")
     print(f"\nratios at c={top}:")
     for name, by_level in results.items():
         if name != "batched":
