@@ -96,7 +96,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="output tokens per request (default 64)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels (default 1,8,32)")
     parser.add_argument("--engines", default="naive,threads,batched")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of the ceiling and batched (best counts)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="interleaved rounds per level; each variant's best counts (default 2)")
     parser.add_argument("--model", default=None, help="model id or path (default: the embedded SmolLM2)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="model dtype (default auto: float32 on a CPU)")
@@ -115,27 +116,30 @@ def main() -> None:
           f"{torch.get_num_threads()}, {args.tokens} tokens per request")
     in_own_thread(lambda: ceiling(real, 1, 4))  # warm up
     # Other work on a shared machine only ever slows a run down, so the best of a few runs is the least
-    # noisy estimate. The fast variants (ceiling, batched) get --repeat runs; naive and threads take
-    # minutes at c=32 and are far from the others anyway, so they run once.
-    def best(name: str, c: int, measure, runs: int) -> float:
-        rate = max(in_own_thread(measure) for _ in range(runs))
-        print(f"  {name} c={c}: {rate:.1f} tokens/s", flush=True)
-        return rate
-
-    rows: dict[str, dict[int, float]] = {
-        "ceiling": {c: best("ceiling", c, lambda: ceiling(real, c, args.tokens), args.repeat) for c in levels}}
+    # noisy estimate. The runs are interleaved: each round measures every variant at one level before the
+    # next round starts, so a machine that slows down halfway (a busy neighbour) slows all of them alike
+    # instead of whichever variant happened to run last. naive and threads take minutes at c > 1 and are
+    # far from the others there, so beyond c=1 they run in the first round only.
+    variants: dict[str, Callable[[int], float]] = {"ceiling": lambda c: ceiling(real, c, args.tokens)}
     for kind in kinds:
-        runs = args.repeat if kind == "batched" else 1
-        rows[kind] = {c: best(kind, c, lambda: asyncio.run(through_engine(kind, real, c, args.tokens)), runs)
-                      for c in levels}
+        variants[kind] = lambda c, kind=kind: asyncio.run(through_engine(kind, real, c, args.tokens))
+    rows: dict[str, dict[int, float]] = {name: {} for name in variants}
+    for c in levels:
+        for round_ in range(args.repeat):
+            for name, measure in variants.items():
+                if round_ and c > 1 and name in ("naive", "threads"):
+                    continue
+                rate = in_own_thread(lambda: measure(c))
+                rows[name][c] = max(rate, rows[name].get(c, 0.0))
+                print(f"  round {round_ + 1} c={c} {name}: {rate:.1f} tokens/s", flush=True)
 
-    print(f"\n{'tokens/s':<10}" + "".join(f"{'c=' + str(c):>10}" for c in levels))
+    print(f"\n{'tokens/s':<14}" + "".join(f"{'c=' + str(c):>10}" for c in levels))
     for name, rates in rows.items():
-        print(f"{name:<10}" + "".join(f"{rates[c]:>10.1f}" for c in levels))
+        print(f"{name:<14}" + "".join(f"{rates[c]:>10.1f}" for c in levels))
     for kind in kinds:
-        print(f"{kind + '/ceil':<10}" + "".join(f"{rows[kind][c] / rows['ceiling'][c]:>10.2f}" for c in levels))
+        print(f"{kind + '/ceil':<14}" + "".join(f"{rows[kind][c] / rows['ceiling'][c]:>10.2f}" for c in levels))
     if "batched" in rows and "naive" in rows:
-        print(f"{'batch/naive':<10}" + "".join(f"{rows['batched'][c] / rows['naive'][c]:>10.2f}" for c in levels))
+        print(f"{'batched/naive':<14}" + "".join(f"{rows['batched'][c] / rows['naive'][c]:>10.2f}" for c in levels))
     top = levels[-1]
     if "batched" in rows:
         print(f"headline: batched / bare loop at c={top}: {rows['batched'][top] / rows['ceiling'][top]:.2f}")
