@@ -65,4 +65,4 @@ def test_threads_append_and_plot():
     assert tl.max_concurrent() == 3
     tl.mark("t0", "done")
     fig = tl.plot(title="three threads")
-    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["t0", "t1", "t2"]
+    assert sorted(t.get_text() for t in fig.axes[0].get_yticklabels()) == ["t0", "t1", "t2"]

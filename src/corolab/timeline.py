@@ -56,6 +56,7 @@ class Timeline:
         self.t0 = clock()
         self.spans: list[Span] = []
         self.marks: list[Mark] = []
+        self._order: dict[str, None] = {}  # rows in the order they first appeared (a span's start counts)
 
     def now(self) -> float:
         """Seconds since the timeline started."""
@@ -68,12 +69,14 @@ class Timeline:
         if end < start:
             raise ValueError(f"a span cannot end ({end}) before it starts ({start})")
         span = Span(row, start, end, state)
+        self._order.setdefault(row, None)
         self.spans.append(span)
         return span
 
     @contextlib.contextmanager
     def span(self, row: str, state: str = "running") -> Iterator[None]:
         """Record the time spent inside the ``with`` block as one span of ``row``."""
+        self._order.setdefault(row, None)
         start = self.now()
         try:
             yield
@@ -82,16 +85,14 @@ class Timeline:
 
     def mark(self, row: str, label: str = "") -> Mark:
         mark = Mark(row, self.now(), label)
+        self._order.setdefault(row, None)
         self.marks.append(mark)
         return mark
 
     @property
     def rows(self) -> list[str]:
-        """Row names in the order they first appeared."""
-        seen: dict[str, None] = {}
-        for item in [*self.spans, *self.marks]:
-            seen.setdefault(item.row, None)
-        return list(seen)
+        """Row names in the order they first appeared (a ``with span`` counts from its start)."""
+        return list(self._order)
 
     def of(self, row: str, state: str | None = None) -> list[Span]:
         return [s for s in self.spans if s.row == row and (state is None or s.state == state)]
