@@ -20,6 +20,7 @@ import uvicorn
 from corolab.engine.base import (
     Delta, Engine, EngineError, EngineInfo, EngineStats, SamplingParams,
 )
+from corolab.engine.handle import RequestHandle
 
 
 @dataclass
@@ -53,10 +54,12 @@ class ScriptedEngine(Engine):
         super().__init__()
         self._ready = self.ready_now
         self._running = 0
+        self._messages: list[dict[str, str]] = []
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def info(self) -> EngineInfo:
-        return EngineInfo(engine="scripted", model_id="scripted-model", context_window=64, backend="scripted")
+        return EngineInfo(engine="scripted", model_id="scripted-model", context_window=4096, backend="scripted")
 
     @property
     def ready(self) -> bool:
@@ -73,28 +76,49 @@ class ScriptedEngine(Engine):
         return EngineStats(running=self._running, requests_finished=sum(c.finished for c in self.calls),
                            tokens_generated=sum(c.params.max_tokens for c in self.calls if c.finished))
 
-    async def generate(self, messages: Sequence[dict[str, str]], params: SamplingParams) -> AsyncIterator[Delta]:
+    async def tokenize(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        self._messages = [dict(m) for m in messages]  # the next submit's conversation
+        return [0] * sum(len(m["content"]) for m in messages)
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> RequestHandle:
         if self.refuse is not None:
             raise self.refuse
-        call = Call([dict(m) for m in messages], params)
+        call = Call(self._messages, params)
         self.calls.append(call)
         n = len(self.calls)
+        withdrawn = asyncio.Event()
+        handle = RequestHandle(n, len(prompt), lambda handle: withdrawn.set())
+        task = asyncio.get_running_loop().create_task(self._feed(call, n, handle, withdrawn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return handle
+
+    async def _feed(self, call: Call, n: int, handle: RequestHandle, withdrawn: asyncio.Event) -> None:
+        """Play the script into the handle; a cancelled handle stops it at the next piece."""
         self.log.append(("start", n))
         text = self.reply(call.messages)
         size = max(1, -(-len(text) // self.pieces))
         chunks = [text[i:i + size] for i in range(0, len(text), size)] or [""]
-        prompt_tokens = sum(len(m["content"]) for m in messages)
         self._running += 1
         try:
             for i, chunk in enumerate(chunks):
+                if handle.cancelled:
+                    return
                 last = i == len(chunks) - 1
-                yield Delta(chunk, "stop" if last else None, prompt_tokens, i + 1)
+                handle.put(Delta(chunk, "stop" if last else None, handle.prompt_tokens, i + 1))
                 if i == 0:
                     self.log.append(("first", n))
                     if self.fail_midway is not None:
-                        raise self.fail_midway
+                        handle.put(self.fail_midway)
+                        return
                     if self.gate is not None:
-                        await self.gate.wait()
+                        waits = {asyncio.ensure_future(self.gate.wait()), asyncio.ensure_future(withdrawn.wait())}
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                        for w in waits:
+                            w.cancel()
+                        if handle.cancelled:
+                            return
+                await asyncio.sleep(0)
             call.finished = True
             self.log.append(("end", n))
         finally:

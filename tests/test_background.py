@@ -16,9 +16,11 @@ import pytest
 
 from corolab.background import BackgroundServer, ServerStartError, background_server, free_port, port_in_use
 
+# ChatGLM's example request, with max_length raised for the fake model: its tokenizer counts bytes, and
+# max_length counts prompt plus reply (a Chinese character is three bytes).
 SEED_REQUEST = {
     "messages": [{"role": "system", "content": "你是人工智能助手"}, {"role": "user", "content": "海贼王作者是谁"}],
-    "stream": False, "model": "gpt-3.5-turbo", "temperature": 0.5, "max_length": 100, "top_p": 1,
+    "stream": False, "model": "gpt-3.5-turbo", "temperature": 0.5, "max_length": 200, "top_p": 1,
 }
 
 
@@ -89,7 +91,7 @@ def test_startup_failure_raises_with_the_server_log() -> None:
     with pytest.raises(ServerStartError) as info:
         with server:
             pytest.fail("the server should not have started")
-    assert "max_batch_size must be at least 1" in str(info.value)  # the tail of the server's own log
+    assert "--max-batch-size must be at least 1" in str(info.value)  # the tail of the server's own log
     assert server.process is None and not port_in_use(server.port)
 
 

@@ -43,12 +43,14 @@ class RecordingBackend(FakeBackend):
 
 class _RecordingBatch(Batch):
     def __init__(self, backend: RecordingBackend, inner: Batch) -> None:
+        super().__init__()
         self.b, self.inner, self.keys = backend, inner, set()
 
-    def add(self, key, prompt, params):
-        self.keys.add(key)
-        self.b.record("add", [key])
-        return self.inner.add(key, prompt, params)
+    def add_many(self, items):
+        for key, _, _ in items:
+            self.keys.add(key)
+            self.b.record("add", [key])
+        return self.inner.add_many(items)
 
     def step(self):
         assert self.b.gate.wait(timeout=10), "the test never opened the gate"

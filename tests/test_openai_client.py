@@ -128,16 +128,24 @@ async def test_seed_curl_request_on_the_fake_model(kind: str) -> None:
     from corolab.engine import create_engine
 
     engine = create_engine(kind, load_backend("fake"))
+    headers = {"accept": "application/json", "Content-Type": "application/json"}
     async with running_server(create_app(engine)) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             await wait_healthy(base)
-            reply = await http.post("/v1/chat/completions", content=SEED_CURL_BODY.encode(),
-                                    headers={"accept": "application/json", "Content-Type": "application/json"})
+            # The fake tokenizer counts bytes: this prompt is 163 "tokens", more than max_length=100 allows
+            # for prompt plus reply. A clear 400 that names the field, not a silent empty reply.
+            refused = await http.post("/v1/chat/completions", content=SEED_CURL_BODY.encode(), headers=headers)
+            assert refused.status_code == 400, refused.text
+            error = refused.json()["error"]
+            assert error["param"] == "max_length" and "prompt plus the reply" in error["message"]
+            roomier = SEED_CURL_BODY.replace('"max_length": 100', '"max_length": 300')
+            reply = await http.post("/v1/chat/completions", content=roomier.encode(), headers=headers)
         assert reply.status_code == 200, reply.text
         body = reply.json()
         assert body["object"] == "chat.completion" and body["model"] == "gpt-3.5-turbo"
         assert "他出生时间是什么" in body["choices"][0]["message"]["content"]
-        assert body["usage"]["completion_tokens"] <= 100
+        usage = body["usage"]
+        assert usage["prompt_tokens"] == 163 and usage["prompt_tokens"] + usage["completion_tokens"] <= 300
 
         def streamed() -> str:
             stream = sync_client(base).chat.completions.create(

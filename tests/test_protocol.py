@@ -13,6 +13,7 @@ from corolab.protocol import (
     ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice, DeltaMessage, ErrorDetail,
     ErrorResponse, ModelCard, ModelList, ResponseMessage, Usage, WsRequest,
 )
+from corolab.params import LimitError
 from corolab.server.sse import ChunkWriter
 
 SEED_BODY = {
@@ -30,21 +31,31 @@ def request(**fields: object) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], **fields})
 
 
-def test_the_seed_request_parses_with_max_length_as_the_token_limit() -> None:
+def test_the_seed_request_parses_with_max_length_as_prompt_plus_reply() -> None:
     body = ChatCompletionRequest.model_validate(SEED_BODY)
     assert [m.role for m in body.messages] == ["system", "user", "assistant", "user"]
-    assert body.token_limit(default=256) == 100
+    # 91 is the prompt's length in tokens with the embedded model's chat template: 9 tokens left to reply
+    assert body.to_sampling_params(prompt_tokens=91, context_window=8192, default_max_tokens=256).max_tokens == 9
     assert (body.temperature, body.top_p, body.stream) == (0.5, 1.0, False)
 
 
 @pytest.mark.parametrize("fields, limit", [
-    ({}, 256),
-    ({"max_length": 100}, 100),
-    ({"max_length": 100, "max_tokens": 50}, 50),
-    ({"max_length": 100, "max_tokens": 50, "max_completion_tokens": 20}, 20),
+    ({}, 256),                                                                   # the server's default
+    ({"max_length": 100}, 90),                                                   # prompt plus reply
+    ({"max_length": 100, "max_tokens": 50}, 50),                                 # the smaller limit wins
+    ({"max_length": 30, "max_tokens": 50}, 20),
+    ({"max_length": 100, "max_tokens": 50, "max_completion_tokens": 20}, 20),    # the newest name wins
+    ({"max_tokens": 5000}, 4096 - 10),                                           # clamped to the context
 ])
-def test_token_limit_prefers_the_newest_field(fields: dict, limit: int) -> None:
-    assert request(**fields).token_limit(default=256) == limit
+def test_one_mapping_decides_the_reply_limit(fields: dict, limit: int) -> None:
+    assert request(**fields).to_sampling_params(10, 4096, 256).max_tokens == limit
+
+
+@pytest.mark.parametrize("fields, prompt, param", [({"max_length": 10}, 10, "max_length"), ({}, 4096, "messages")])
+def test_a_prompt_that_leaves_no_room_is_refused_naming_the_field(fields: dict, prompt: int, param: str) -> None:
+    with pytest.raises(LimitError) as refused:
+        request(**fields).to_sampling_params(prompt, 4096, 256)
+    assert refused.value.param == param
 
 
 def test_content_as_text_parts_and_stop_as_string_or_list() -> None:
@@ -58,7 +69,8 @@ def test_content_as_text_parts_and_stop_as_string_or_list() -> None:
 
 def test_ignore_eos_is_accepted_in_http_and_websocket_requests() -> None:
     assert request(ignore_eos=True).ignore_eos and not request().ignore_eos
-    assert WsRequest.model_validate({"query": "q", "ignore_eos": True, "max_completion_tokens": 8}).token_limit(1) == 8
+    frame = WsRequest.model_validate({"query": "q", "ignore_eos": True, "max_completion_tokens": 8})
+    assert frame.to_sampling_params(1, 64, 1).max_tokens == 8 and frame.ignore_eos
 
 
 def test_other_openai_fields_are_tolerated() -> None:

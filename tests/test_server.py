@@ -64,7 +64,8 @@ async def test_plain_reply_and_sampling_fields_reach_the_engine() -> None:
     usage = body["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] and usage["completion_tokens"] == 3
     params = engine.calls[0].params
-    assert (params.max_tokens, params.temperature, params.top_p, params.seed, params.stop) == (42, 0.3, 0.8, 7, ("\n\n",))
+    # max_length counts prompt plus reply (as ChatGLM and Hugging Face do): 42 minus the 5-token prompt
+    assert (params.max_tokens, params.temperature, params.top_p, params.seed, params.stop) == (37, 0.3, 0.8, 7, ("\n\n",))
     assert params.ignore_eos
 
 
@@ -150,7 +151,7 @@ async def test_invalid_body_is_400_not_422(body: object, param: str | None) -> N
 
 
 async def test_unknown_model_is_404_and_served_names_are_listed() -> None:
-    async with running_server(create_app(ScriptedEngine(), served_model_name="tiny")) as base:
+    async with running_server(create_app(ScriptedEngine(), served_model_names=["tiny"])) as base:
         reply = await post(base, {**HELLO, "model": "gpt-9"})
         async with httpx.AsyncClient(base_url=base) as http:
             models = (await http.get("/v1/models")).json()
@@ -181,9 +182,8 @@ async def test_engine_refusals_map_to_statuses(refusal: Exception, status: int, 
 
 async def test_unexpected_engine_failure_is_500_without_internals() -> None:
     class Broken(ScriptedEngine):
-        async def generate(self, messages, params):  # type: ignore[no-untyped-def, override]
+        def submit(self, prompt, params):  # type: ignore[no-untyped-def, override]
             raise RuntimeError("secret at /home/me/model.py line 3")
-            yield
 
     async with running_server(create_app(Broken())) as base:
         reply = await post(base, HELLO)
@@ -247,18 +247,23 @@ async def test_metrics_counts_requests_and_records_histograms() -> None:
     assert reply.headers["content-type"].startswith("text/plain")
     assert metric(text, "corolab_http_requests_total", '{endpoint="chat",status="200"}') == 2
     assert metric(text, "corolab_http_requests_total", '{endpoint="chat",status="429"}') == 1
-    assert metric(text, "corolab_time_to_first_token_seconds_count") == 2
+    assert metric(text, "corolab_time_to_first_token_seconds_count", '{transport="http"}') == 2
+    assert metric(text, "corolab_time_to_first_token_seconds_count", '{transport="websocket"}') == 0
     assert metric(text, "corolab_batch_size_count") == 3
-    assert metric(text, "corolab_batch_size_bucket", '{le="1"}') == 1
-    assert metric(text, "corolab_batch_size_bucket", '{le="4"}') == 3
+    assert metric(text, "corolab_batch_size_bucket", '{le="1.0"}') == 1
+    assert metric(text, "corolab_batch_size_bucket", '{le="4.0"}') == 3
     assert metric(text, "corolab_batch_size_sum") == 7
     assert metric(text, "corolab_decode_step_seconds_sum") == pytest.approx(0.052)
-    for name in ("corolab_requests_running", "corolab_requests_waiting", "corolab_generated_tokens_total"):
-        assert f"# TYPE {name} " in text
+    for name in ("corolab_requests_running", "corolab_requests_waiting", "corolab_generated_tokens_total",
+                 "corolab_prefix_cache_hit_tokens_total"):
+        assert metric(text, name) >= 0
     # histogram buckets are cumulative
     for histogram in ("corolab_batch_size", "corolab_decode_step_seconds", "corolab_time_to_first_token_seconds"):
-        counts = [float(v) for v in re.findall(rf"^{histogram}_bucket\{{le=\"[^\"]+\"\}} (\S+)$", text, re.M)]
-        assert counts == sorted(counts) and counts[-1] == metric(text, f"{histogram}_count")
+        labels = '{transport="http"}' if "token" in histogram else ""
+        lines = [line for line in text.splitlines() if line.startswith(histogram + "_bucket{")
+                 and ('transport="http"' in line or not labels)]
+        counts = [float(line.rsplit(" ", 1)[1]) for line in lines]
+        assert counts and counts == sorted(counts) and counts[-1] == metric(text, f"{histogram}_count", labels)
 
 
 async def test_every_status_is_counted_in_metrics() -> None:
@@ -281,14 +286,14 @@ async def test_every_status_is_counted_in_metrics() -> None:
 async def test_ttft_of_a_plain_reply_is_taken_at_the_first_token_not_the_last() -> None:
     engine = ScriptedEngine(gate=asyncio.Event())
     app = create_app(engine)
-    ttft = app.state.corolab.metrics.ttft
+    metrics = app.state.corolab.metrics
     async with running_server(app) as base:
         reply = asyncio.create_task(post(base, HELLO))
-        await wait_for(lambda: ttft.n == 1)  # observed while the reply is still held open
+        await wait_for(lambda: metrics.sample("corolab_time_to_first_token_seconds_count", transport="http") == 1)  # observed while the reply is still held open
         assert not any(e == "end" for e, _ in engine.log)
         engine.gate.set()  # type: ignore[union-attr]
         assert (await reply).json()["choices"][0]["message"]["content"] == "echo: hello"
-    assert ttft.n == 1
+    assert metrics.sample("corolab_time_to_first_token_seconds_count", transport="http") == 1
 
 
 async def test_plain_request_whose_client_leaves_frees_the_slot() -> None:
@@ -303,7 +308,7 @@ async def test_plain_request_whose_client_leaves_frees_the_slot() -> None:
         with pytest.raises(asyncio.CancelledError):
             await reply
         await wait_for(lambda: engine.calls[0].closed_early)
-        await wait_for(lambda: app.state.corolab.metrics.requests[("chat", 499)] == 1)
+        await wait_for(lambda: app.state.corolab.metrics.sample("corolab_http_requests_total", endpoint="chat", status="499") == 1)
     assert engine.log == [("start", 1), ("first", 1), ("closed", 1)]
 
 

@@ -69,11 +69,12 @@ async def test_messages_frame_and_sampling_fields() -> None:
     async with running_server(create_app(engine)) as base, connect(ws_url(base)) as ws:
         _, final = await ask(ws, {"messages": [{"role": "system", "content": "be brief"},
                                                {"role": "user", "content": "hi"}],
-                                  "max_length": 7, "temperature": 0.2, "top_p": 0.9, "seed": 3, "stop": "x"})
+                                  "max_length": 17, "temperature": 0.2, "top_p": 0.9, "seed": 3, "stop": "x"})
         _, default = await ask(ws, {"query": "again", "max_tokens": 5, "stop": ["a", "b"], "ignore_eos": True})
 
     assert final["history"] == [["hi", "echo: hi"]]
     first, second = engine.calls[0].params, engine.calls[1].params
+    # max_length counts prompt plus reply: 17 minus the 10-token prompt ("be brief" + "hi")
     assert (first.max_tokens, first.temperature, first.top_p, first.seed, first.stop) == (7, 0.2, 0.9, 3, ("x",))
     assert (second.max_tokens, second.stop, second.ignore_eos, first.ignore_eos) == (5, ("a", "b"), True, False)
     assert engine.calls[0].messages[0] == {"role": "system", "content": "be brief"}
@@ -171,7 +172,7 @@ async def test_client_leaving_mid_reply_closes_the_engine_iterator_at_once() -> 
         await wait_for(lambda: engine.calls[0].closed_early)
         assert engine.stats().running == 0
         assert engine.log == [("start", 1), ("first", 1), ("closed", 1)]
-        assert app.state.corolab.metrics.requests[("ws", 499)] == 1
+        assert app.state.corolab.metrics.sample("corolab_http_requests_total", endpoint="ws", status="499") == 1
 
 
 async def test_frames_sent_ahead_are_answered_in_order() -> None:

@@ -1,32 +1,57 @@
-"""The wire format: OpenAI Chat Completions as the official client sends and parses it, plus the seed's
-ChatGLM-era extras (``max_length``) and its websocket ``{query, history}`` frames.
+"""The wire format: OpenAI Chat Completions as the official client sends and parses it, plus ChatGLM's
+extras (``max_length``) and the two websocket protocols' frames.
 
-Only data shapes live here, no transport: the server validates requests with these models and builds
-responses from them, and the load tester parses with the same field names.
+Only data shapes live here, no transport, and one decision: :meth:`SamplingFields.to_sampling_params`
+maps a request's fields to what the engine runs (the same for an HTTP body and a websocket frame), the way
+vLLM's ``ChatCompletionRequest.to_sampling_params`` does. The load tester parses with the same names.
+
+Requests are validated strictly: ``"stream": "yes"`` or ``"max_tokens": "5"`` is a 400, as OpenAI's own
+API answers, not a value silently coerced.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from corolab.params import MAX_SEED, SamplingParams, reply_limit
 
 Role = Literal["system", "user", "assistant", "developer", "tool"]
 
+#: The largest token limit a request may name. Larger values are refused (400), not wrapped or clamped
+#: silently; any allowed value is then clamped to the model's context window.
+MAX_TOKEN_LIMIT = 2**31 - 1
+
+
+def _encodable(text: str) -> str:
+    """JSON may carry a lone surrogate (``"\\ud800"``), which no tokenizer can encode: refuse it here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the text contains an unpaired surrogate (invalid Unicode)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+TokenLimit = Annotated[int, Field(ge=1, le=MAX_TOKEN_LIMIT)]
+REQUEST_CONFIG = ConfigDict(extra="ignore", strict=True)
+
 
 class TextPart(BaseModel):
+    model_config = REQUEST_CONFIG
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = REQUEST_CONFIG
 
     role: Role
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -36,51 +61,59 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+def chat_of(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """The engine's view of a conversation: role and plain text per message."""
+    return [{"role": m.role, "content": m.text()} for m in messages]
+
+
 class StreamOptions(BaseModel):
+    model_config = REQUEST_CONFIG
     include_usage: bool = False
 
 
 class SamplingFields(BaseModel):
     """The sampling fields that both ``POST /v1/chat/completions`` and a websocket frame may carry."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = REQUEST_CONFIG
 
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_length: Annotated[int, Field(ge=1)] | None = None  # the seed's ChatGLM-era name
+    max_tokens: TokenLimit | None = None
+    max_completion_tokens: TokenLimit | None = None
+    max_length: TokenLimit | None = None  # ChatGLM's and Hugging Face's: prompt plus reply
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None  # OpenAI allows at most 4
     ignore_eos: bool = False  # vLLM's extension: run to the token limit, so a benchmark fixes output lengths
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return v
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
-    def token_limit(self, default: int) -> int:
-        """The newest name wins: ``max_completion_tokens``, then ``max_tokens``, then the seed's ``max_length``."""
-        return self.max_completion_tokens or self.max_tokens or self.max_length or default
+    def to_sampling_params(self, prompt_tokens: int, context_window: int, default_max_tokens: int) -> SamplingParams:
+        """What the engine runs for this request, once its prompt is tokenized.
+
+        The reply limit: ``max_completion_tokens`` (the newest name) or ``max_tokens`` for the reply alone,
+        ``max_length`` for prompt plus reply, the smaller if both, ``default_max_tokens`` if neither; then
+        clamped to the context window (:func:`corolab.params.reply_limit`, which raises
+        :class:`~corolab.params.LimitError` when the prompt leaves no room).
+        """
+        limit = reply_limit(prompt_tokens, context_window, max_tokens=self.max_completion_tokens or self.max_tokens,
+                            max_length=self.max_length, default=default_max_tokens)
+        return SamplingParams(max_tokens=limit, temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                              stop=self.stop_list(), ignore_eos=self.ignore_eos)
 
 
 class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``. Unknown OpenAI fields are accepted and ignored, as OpenAI's own
     servers do with fields a model does not support; fields we do read are validated strictly."""
 
-    model: str | None = None
+    model: Text | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
-    user: str | None = None
+    user: Text | None = None
 
 
 class Usage(BaseModel):
@@ -164,15 +197,18 @@ def now() -> int:
     return int(time.time())
 
 
-# -- websocket: the seed's frames ---------------------------------------------------------------------
+# -- websocket: corolab's own frames on /ws/chat -------------------------------------------------------
+
+History = list[Annotated[list[Text], Field(min_length=2, max_length=2)]]
+
 
 class WsRequest(SamplingFields):
-    """One question on ``ws /ws/chat``: the seed's ``{query, history: [[q, a], ...]}``, or OpenAI-style
+    """One question on ``ws /ws/chat``: ChatGLM's ``{query, history: [[q, a], ...]}``, or OpenAI-style
     ``messages``. Sampling fields as in the HTTP request."""
 
-    query: str | None = None
-    history: list[Annotated[list[str], Field(min_length=2, max_length=2)]] = Field(default_factory=list)
-    messages: list[ChatMessage] | None = None
+    query: Text | None = None
+    history: History = Field(default_factory=list)
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _query_or_messages(self) -> WsRequest:
@@ -182,11 +218,16 @@ class WsRequest(SamplingFields):
 
     def chat(self) -> list[dict[str, str]]:
         if self.messages is not None:
-            return [{"role": m.role, "content": m.text()} for m in self.messages]
-        turns: list[dict[str, str]] = []
-        for question, answer in self.history:
-            turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        return turns + [{"role": "user", "content": self.query or ""}]
+            return chat_of(self.messages)
+        return history_chat(self.history, self.query or "")
+
+
+def history_chat(history: list[list[str]], query: str) -> list[dict[str, str]]:
+    """ChatGLM's ``[[question, answer], ...]`` plus a new question, as chat messages."""
+    turns: list[dict[str, str]] = []
+    for question, answer in history:
+        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return turns + [{"role": "user", "content": query}]
 
 
 class WsDelta(BaseModel):
@@ -212,5 +253,32 @@ class WsError(BaseModel):
     error: ErrorDetail
 
 
-def dump(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json", exclude_none=False)
+# -- websocket: ChatGLM-6B's websocket_api.py protocol on /ws ------------------------------------------
+
+class GlmRequest(SamplingFields):
+    """A frame of ChatGLM-6B's ``websocket_api.py``: ``{"query": ..., "history": [[q, a], ...]}``.
+    The sampling fields are corolab's addition; ChatGLM's clients send none and get the defaults."""
+
+    query: Text
+    history: History = Field(default_factory=list)
+
+
+class GlmFrame(BaseModel):
+    """Sent while the reply grows: the whole ``response`` so far, and the history including this turn."""
+
+    response: str
+    history: list[list[str]]
+    status: Literal[202] = 202
+
+
+class GlmDone(BaseModel):
+    """Sent once the reply is complete: ChatGLM's clients stop reading at ``status`` 200."""
+
+    status: Literal[200] = 200
+
+
+class GlmError(BaseModel):
+    """corolab's addition: a frame that cannot be answered gets this, and the connection stays open."""
+
+    status: int
+    error: ErrorDetail

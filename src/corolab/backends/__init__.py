@@ -13,13 +13,14 @@ if TYPE_CHECKING:
 
 
 def load_backend(model: str | None = None, *, device: str = "auto", dtype: str = "auto",
-                 prefix_cache: bool = True) -> Backend:
+                 prefix_cache: bool = True, threads: int | None = None) -> Backend:
     """Return an unloaded backend (engines call ``backend.load()`` off the event loop).
 
     ``model=None`` is the embedded SmolLM2-135M-Instruct, ``"fake"`` the deterministic fake,
     ``"fake:0.05"`` the fake whose steps each take 50 ms, anything
     else a Hugging Face model id (from the local cache) or a local directory. ``prefix_cache`` (Hugging Face
-    models) reuses the keys and values of the opening all prompts share (:mod:`corolab.backends.prefix`).
+    models) reuses the keys and values of the opening all prompts share (:mod:`corolab.backends.prefix`);
+    ``threads`` is torch's CPU threads for model work (:mod:`corolab.backends.threads`).
     """
     if model is not None and (model == "fake" or model.startswith("fake:")):
         from corolab.backends.fake import FakeBackend
@@ -27,9 +28,9 @@ def load_backend(model: str | None = None, *, device: str = "auto", dtype: str =
         return FakeBackend(step_delay=float(delay or 0))
     if model is None or model == "embedded":
         from corolab.backends.embedded import EmbeddedBackend
-        return EmbeddedBackend(device=device, dtype=dtype, prefix_cache=prefix_cache)
+        return EmbeddedBackend(device=device, dtype=dtype, prefix_cache=prefix_cache, threads=threads)
     from corolab.backends.hf import HFBackend
-    return HFBackend(model, device=device, dtype=dtype, prefix_cache=prefix_cache)
+    return HFBackend(model, device=device, dtype=dtype, prefix_cache=prefix_cache, threads=threads)
 
 
 __all__ = ["load_backend"]

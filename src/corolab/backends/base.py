@@ -1,9 +1,12 @@
 """The backend contract: a tokenizer and a model that can run many sequences one decode step at a time.
 
 Engines (``corolab.engine``) own scheduling; backends own tensors. The split is the :class:`Batch`: an engine
-adds a sequence (the backend runs its prefill and samples its first token), calls :meth:`Batch.step` to
-advance every sequence by one token, and removes sequences that finished or whose client left. The naive
-and threads engines use a batch of one per request; the batched engine shares one batch between all.
+prefills a sequence (the backend runs the prompt through the model, in one piece or in chunks over several
+steps, and samples its first token), calls :meth:`Batch.step` to advance every sequence by one token, and
+removes sequences that finished or whose client left. The naive and threads engines use a batch of one per
+request; the batched engine shares one batch between all.
+
+This module imports nothing above it: the sampling settings come from :mod:`corolab.params`.
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from corolab.engine.base import SamplingParams
+from corolab.params import SamplingParams
+
+#: A prefill's outcome for one sequence: its first token, or why this sequence (and only it) failed.
+Outcome = int | BaseException
 
 
 @dataclass(frozen=True)
@@ -24,28 +31,71 @@ class BackendInfo:
     dtype: str = "float32"
 
 
+@dataclass(frozen=True)
+class PrefillChunk:
+    """Prompt tokens ``prompt[start:end]`` of sequence ``key`` to run through the model this step."""
+
+    key: int
+    prompt: Sequence[int]
+    start: int
+    end: int
+    params: SamplingParams
+
+    @property
+    def last(self) -> bool:
+        """Whether this chunk ends the prompt: then the sequence samples its first token and joins."""
+        return self.end >= len(self.prompt)
+
+
+class Detokenizer(Protocol):
+    """Turns one token at a time into text that is safe to stream (maybe empty, never half a character)."""
+
+    def push(self, token: int) -> str: ...
+
+
 class Batch(abc.ABC):
     """Sequences decoding together. Keys are the engine's request ids. Not thread-safe: one thread drives it."""
 
+    def __init__(self) -> None:
+        self._partial: dict[int, int] = {}  # key -> prompt tokens received so far, for the default prefill
+
     @abc.abstractmethod
-    def add(self, key: int, prompt: Sequence[int], params: SamplingParams) -> int:
-        """Run the prompt through the model, join the batch, and return the first sampled token."""
+    def add_many(self, items: Sequence[tuple[int, Sequence[int], SamplingParams]]) -> dict[int, Outcome]:
+        """Prefill whole prompts (one padded forward pass where the backend can) and join the batch.
 
-    def add_many(self, items: Sequence[tuple[int, Sequence[int], SamplingParams]]) -> dict[int, int]:
-        """Add several sequences at once; return each first token by key.
-
-        Backends whose prefill is cheaper in one go (one padded forward pass instead of many small
-        ones) override this; the batched engine admits everything that arrived since its last step here.
+        Returns each sequence's first token, or the exception that failed that sequence alone (a seed its
+        sampler refuses, say): one bad request never fails the others prefilled with it.
         """
-        return {key: self.add(key, prompt, params) for key, prompt, params in items}
+
+    def add(self, key: int, prompt: Sequence[int], params: SamplingParams) -> int:
+        """One whole prompt: the first token, or the sequence's failure raised."""
+        outcome = self.add_many([(key, prompt, params)])[key]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def prefill(self, chunks: Sequence[PrefillChunk]) -> dict[int, Outcome]:
+        """Run this step's prompt chunks. Returns outcomes for the sequences whose prompt is now complete.
+
+        The default is correct for any backend but does not spread the work: it waits for a prompt's last
+        chunk and prefills the whole prompt then. Backends that can extend a sequence's cache chunk by
+        chunk (Hugging Face models) override it, so a long prompt costs a little in each of several steps.
+        """
+        whole = []
+        for chunk in chunks:
+            self._partial[chunk.key] = chunk.end
+            if chunk.last:
+                del self._partial[chunk.key]
+                whole.append((chunk.key, chunk.prompt, chunk.params))
+        return self.add_many(whole) if whole else {}
 
     @abc.abstractmethod
     def step(self) -> dict[int, int]:
-        """Feed every sequence its last token; return the next token of each, by key."""
+        """Feed every joined sequence its last token; return the next token of each, by key."""
 
     @abc.abstractmethod
     def remove(self, key: int) -> None:
-        """Drop a sequence and free what it held."""
+        """Drop a sequence (joined or still prefilling) and free what it held. Unknown keys are ignored."""
 
     @abc.abstractmethod
     def __len__(self) -> int: ...
@@ -70,6 +120,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def decode(self, ids: Sequence[int]) -> str:
         """Token ids to text. Incomplete UTF-8 at the end shows as U+FFFD; the detokeniser relies on that."""
+
+    def new_detokenizer(self) -> Detokenizer | None:
+        """A streaming detokenizer of the tokenizer's own, if it has one; ``None``: the engine uses its
+        window-based :class:`~corolab.engine.detok.IncrementalDetokenizer` over :meth:`decode`."""
+        return None
+
+    @property
+    def prefix_hits(self) -> int:
+        """Prompt tokens whose prefill was skipped thanks to a cached shared prefix (for /metrics)."""
+        return 0
 
     @abc.abstractmethod
     def new_batch(self) -> Batch: ...

@@ -7,7 +7,6 @@ in about a second. Why not import the package: we only need its file, and import
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import os
 import shutil
@@ -15,6 +14,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from filelock import FileLock
 
 from corolab.backends.hf import HFBackend  # torch is imported only when a model loads
 
@@ -66,27 +67,11 @@ def ensure_converted(quiet: bool = False) -> Path:
     if is_converted():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.parent / f".{target.name}.lock"):  # a second process waits, then finds it done
+    # filelock: a second process (another notebook, a test worker) waits here, then finds the copy done
+    with FileLock(target.parent / f".{target.name}.lock"):
         if is_converted():
             return target
         return _convert(target, quiet)
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive lock between processes where the OS offers one (POSIX); elsewhere, none needed:
-    the rename below is atomic on its own."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _convert(target: Path, quiet: bool) -> Path:
@@ -139,8 +124,17 @@ def clear() -> list[Path]:
 class EmbeddedBackend(HFBackend):
     """The default model. Constructing it is instant; ``load()`` converts once if needed, then loads."""
 
-    def __init__(self, *, device: str = "auto", dtype: str = "auto", prefix_cache: bool = True) -> None:
-        super().__init__(str(converted_dir()), device=device, dtype=dtype, model_id=MODEL_ID, prefix_cache=prefix_cache)
+    def __init__(self, *, device: str = "auto", dtype: str = "auto", prefix_cache: bool = True,
+                 threads: int | None = None) -> None:
+        super().__init__(str(converted_dir()), device=device, dtype=dtype, model_id=MODEL_ID, prefix_cache=prefix_cache,
+                         threads=threads)
+
+    def check(self) -> None:
+        """The embedded model needs its package, not a local folder: the conversion makes the folder."""
+        from corolab.backends.hf import pick_device
+
+        pick_device(self.device_request)
+        gguf_path()
 
     def load(self) -> None:
         self.source = str(ensure_converted())

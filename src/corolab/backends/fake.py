@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 
-from corolab.backends.base import Backend, BackendInfo, Batch
-from corolab.engine.base import SamplingParams
+from corolab.backends.base import Backend, BackendInfo, Batch, Outcome
+from corolab.params import SamplingParams
 
 EOS = 256
 PHRASINGS = ("You said: {}", "I heard: {}", "Echo: {}")
@@ -23,36 +24,38 @@ PHRASINGS = ("You said: {}", "I heard: {}", "Echo: {}")
 
 class FakeBatch(Batch):
     def __init__(self, backend: FakeBackend) -> None:
+        super().__init__()
         self._backend = backend
-        self._rows: dict[int, tuple[bytes, int]] = {}  # key -> (reply bytes + EOS, next position)
+        # key -> (reply token ids, whether to repeat them forever, next position)
+        self._rows: dict[int, tuple[list[int], bool, int]] = {}
 
-    def add(self, key: int, prompt: Sequence[int], params: SamplingParams) -> int:
-        self._backend._pause()
-        return self._admit(key, prompt, params)
-
-    def add_many(self, items: Sequence[tuple[int, Sequence[int], SamplingParams]]) -> dict[int, int]:
+    def add_many(self, items: Sequence[tuple[int, Sequence[int], SamplingParams]]) -> dict[int, Outcome]:
         """One pause for the whole group, as a real backend prefills a padded batch in one forward pass."""
         self._backend._pause()
+        self._backend.prefilled.extend(key for key, _, _ in items)
         return {key: self._admit(key, prompt, params) for key, prompt, params in items}
 
     def _admit(self, key: int, prompt: Sequence[int], params: SamplingParams) -> int:
         reply = self._backend.reply_for(prompt, params)
-        if params.ignore_eos:  # say it again and again, so every request runs to max_tokens
-            once = reply[:-1] + list(b" ")
-            reply = once * (params.max_tokens // len(once) + 2)
-        self._rows[key] = (reply, 1)
+        if params.ignore_eos:  # say it again and again (by position, never materialised), to max_tokens
+            reply = reply[:-1] + list(b" ")
+        self._rows[key] = (reply, params.ignore_eos, 1)
         return reply[0]
 
     def step(self) -> dict[int, int]:
         self._backend._pause()
         out = {}
-        for key, (reply, pos) in self._rows.items():
-            out[key] = reply[pos] if pos < len(reply) else EOS
-            self._rows[key] = (reply, pos + 1)
+        for key, (reply, repeat, pos) in self._rows.items():
+            if repeat:
+                out[key] = reply[pos % len(reply)]
+            else:
+                out[key] = reply[pos] if pos < len(reply) else EOS
+            self._rows[key] = (reply, repeat, pos + 1)
         return out
 
     def remove(self, key: int) -> None:
         self._rows.pop(key, None)
+        self._partial.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -62,6 +65,8 @@ class FakeBackend(Backend):
     def __init__(self, step_delay: float = 0.0, context_window: int = 4096, model_id: str = "fake") -> None:
         self.step_delay = step_delay
         self.info = BackendInfo(model_id=model_id, context_window=context_window, backend="fake")
+        # the keys of the latest prompts prefilled, in order (bounded: a soak run must not see it grow)
+        self.prefilled: deque[int] = deque(maxlen=4096)
 
     def load(self) -> None:
         """Nothing to load: the fake model is ready at once."""

@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import inspect
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import replace
 
-from corolab.backends.base import Backend, BackendInfo, Batch
+from corolab.backends.base import Backend, BackendInfo, Batch, Detokenizer, Outcome, PrefillChunk
 from corolab.backends.prefix import KV, PrefixStore
-from corolab.engine.base import SamplingParams
+from corolab.params import SamplingParams
 
 
 def pick_device(device: str) -> str:
+    """``auto``: CUDA, then Apple's MPS, then the CPU. A device asked for by name must exist here."""
     import torch
 
+    if device == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"--device cuda: {why}; use --device cpu (or auto)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps: Apple's MPS is not available here; use --device cpu (or auto)")
     if device != "auto":
         return device
     if torch.cuda.is_available():
@@ -48,37 +55,53 @@ def pick_dtype(dtype: str, device: str):  # -> torch.dtype
         raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
 
 
+class StreamDecoder:
+    """Incremental detokenizing by ``tokenizers.decoders.DecodeStream``: the library keeps the window of
+    recent ids and holds back an incomplete UTF-8 character, as :mod:`corolab.engine.detok` does by hand."""
+
+    def __init__(self, tokenizer) -> None:
+        from tokenizers.decoders import DecodeStream
+
+        self._tokenizer = tokenizer
+        self._stream = DecodeStream(skip_special_tokens=True)
+
+    def push(self, token: int) -> str:
+        return self._stream.step(self._tokenizer, token) or ""
+
+
 class HFBatch(Batch):
     """Rows of one left-padded KV cache (see :mod:`corolab.backends.kvcache`).
 
     Joining requests are prefilled together in one padded forward pass (``add_many``), then merged into
-    the running cache. Each step feeds every row its last token with that row's own position id, so a row
-    that joined late (shorter, more left padding) computes exactly what it would compute alone (in float32;
-    see :func:`pick_dtype` for bf16).
+    the running cache. A prompt longer than one step's prefill budget arrives in chunks (``prefill``): its
+    row's cache grows chunk by chunk beside the batch and joins it with the last chunk. Each step feeds every
+    row its last token with that row's own position id, so a row that joined late (shorter, more left
+    padding) computes exactly what it would compute alone (in float32; see :func:`pick_dtype` for bf16).
     """
 
     def __init__(self, backend: HFBackend) -> None:
+        super().__init__()
         self._b = backend
         self._keys: list[int | None] = []  # one per cache row; None: left, row not dropped yet
         self._samplers: list = []
         self._last: list[int] = []
         self._cache = None
         self._mask = None
+        self._pending: dict[int, object] = {}  # key -> the cache of a prompt still arriving in chunks
 
     def __len__(self) -> int:
         return sum(key is not None for key in self._keys)
 
-    def add(self, key: int, prompt: Sequence[int], params: SamplingParams) -> int:
-        return self.add_many([(key, prompt, params)])[key]
-
-    def add_many(self, items: Sequence[tuple[int, Sequence[int], SamplingParams]]) -> dict[int, int]:
+    def add_many(self, items: Sequence[tuple[int, Sequence[int], SamplingParams]]) -> dict[int, Outcome]:
         import torch
 
-        from corolab.backends.kvcache import empty_cache, merge_rows
-        from corolab.backends.sampling import RowSampler, sample
+        from corolab.backends.kvcache import empty_cache
+        from corolab.backends.sampling import sample
 
+        outcomes: dict[int, Outcome] = {}
+        items, samplers = self._samplers_for(items, outcomes)
         if not items:
-            return {}
+            return outcomes
         self._compact()
         model, device = self._b.model, self._b.device
         prompts = [list(prompt) for _, prompt, _ in items]
@@ -103,13 +126,76 @@ class HFBatch(Batch):
         with torch.inference_mode():
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                         logits_to_keep=1, **{self._b.cache_kwarg: row_cache})
-        samplers = [RowSampler(params, device) for _, _, params in items]
         tokens = sample(out.logits[:, -1, :].float(), samplers)
+        self._join([key for key, _, _ in items], samplers, tokens, row_cache, mask)
+        outcomes.update({key: token for (key, _, _), token in zip(items, tokens)})
+        return outcomes
+
+    def prefill(self, chunks: Sequence[PrefillChunk]) -> dict[int, Outcome]:
+        """Whole prompts go together through :meth:`add_many`; a prompt in chunks extends its own cache."""
+        whole = [(c.key, c.prompt, c.params) for c in chunks if c.start == 0 and c.last]
+        outcomes = self.add_many(whole) if whole else {}
+        for chunk in chunks:
+            if chunk.start == 0 and chunk.last:
+                continue
+            try:
+                token = self._prefill_chunk(chunk)
+            except Exception as exc:  # this prompt fails alone; the batch goes on
+                self._pending.pop(chunk.key, None)
+                outcomes[chunk.key] = exc
+                continue
+            if token is not None:
+                outcomes[chunk.key] = token
+        return outcomes
+
+    def _prefill_chunk(self, chunk: PrefillChunk) -> int | None:
+        """Run ``prompt[start:end]`` on the sequence's own cache (batch of one, no padding); at the last
+        chunk sample the first token and move the row into the batch."""
+        import torch
+
+        from corolab.backends.kvcache import empty_cache
+        from corolab.backends.sampling import RowSampler, sample
+
+        if chunk.start == 0:
+            self._pending[chunk.key] = empty_cache(self._b.model.config.num_hidden_layers)
+        cache = self._pending[chunk.key]
+        device = self._b.device
+        ids = torch.tensor([list(chunk.prompt[chunk.start:chunk.end])], dtype=torch.long, device=device)
+        mask = torch.ones((1, chunk.end), dtype=torch.long, device=device)
+        positions = torch.arange(chunk.start, chunk.end, device=device).unsqueeze(0)
+        sampler = RowSampler(chunk.params, device) if chunk.last else None  # refuse a bad seed before the work
+        with torch.inference_mode():
+            out = self._b.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                logits_to_keep=1, **{self._b.cache_kwarg: cache})
+        if sampler is None:
+            return None
+        del self._pending[chunk.key]
+        self._compact()
+        token = sample(out.logits[:, -1, :].float(), [sampler])[0]
+        self._join([chunk.key], [sampler], [token], cache, mask)
+        return token
+
+    def _samplers_for(self, items, outcomes: dict[int, Outcome]):
+        """Each row's sampler; a row whose settings its sampler refuses fails here, alone."""
+        from corolab.backends.sampling import RowSampler
+
+        kept, samplers = [], []
+        for item in items:
+            try:
+                samplers.append(RowSampler(item[2], self._b.device))
+            except Exception as exc:
+                outcomes[item[0]] = exc
+                continue
+            kept.append(item)
+        return kept, samplers
+
+    def _join(self, keys: list[int], samplers: list, tokens: list[int], row_cache, mask) -> None:
+        from corolab.backends.kvcache import merge_rows
+
         self._cache, self._mask = merge_rows(self._cache, self._mask, row_cache, mask)
-        self._keys.extend(key for key, _, _ in items)
+        self._keys.extend(keys)
         self._samplers.extend(samplers)
         self._last.extend(tokens)
-        return {key: token for (key, _, _), token in zip(items, tokens)}
 
     def step(self) -> dict[int, int]:
         import torch
@@ -133,6 +219,7 @@ class HFBatch(Batch):
     def remove(self, key: int) -> None:
         """Forget a row now; its cache row is dropped before the next forward pass, together with every
         other row that left meanwhile (requests often finish together: one copy of the cache, not one each)."""
+        self._pending.pop(key, None)
         if key not in self._keys:
             return
         self._keys[self._keys.index(key)] = None
@@ -154,8 +241,9 @@ class HFBatch(Batch):
 
 class HFBackend(Backend):
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", model_id: str | None = None,
-                 gguf_file: str | None = None, prefix_cache: bool = True) -> None:
+                 gguf_file: str | None = None, prefix_cache: bool = True, threads: int | None = None) -> None:
         self.source = model
+        self.threads = threads
         self.prefix_cache = prefix_cache
         self.prefixes: PrefixStore | None = None  # created by load(), when prefix_cache is on
         self.gguf_file = gguf_file
@@ -174,6 +262,9 @@ class HFBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from corolab.backends.threads import use_threads
+
+        use_threads(self.threads)
         self.device = pick_device(self.device_request)
         dtype = pick_dtype(self.dtype_request, self.device)
         extra: dict = {"local_files_only": True}  # never a download in the middle of serving
@@ -219,6 +310,32 @@ class HFBackend(Backend):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def new_detokenizer(self) -> Detokenizer | None:
+        """The ``tokenizers`` library's own streaming decoder, where the tokenizer is a fast (Rust) one."""
+        inner = getattr(self.tokenizer, "backend_tokenizer", None) or getattr(self.tokenizer, "_tokenizer", None)
+        if inner is None:
+            return None
+        return StreamDecoder(inner)
+
+    @property
+    def prefix_hits(self) -> int:
+        return self.prefixes.reused_tokens if self.prefixes else 0
+
+    def check(self) -> None:
+        """Fail fast, with one line, on what would only fail later in the background: a device that is not
+        there, a model that is neither a local folder nor in the local Hugging Face cache."""
+        pick_device(self.device_request)
+        if Path(self.source).exists():
+            return
+        from huggingface_hub import snapshot_download
+
+        try:
+            snapshot_download(self.source, local_files_only=True)
+        except Exception:
+            raise ValueError(
+                f"--model {self.source}: not a local folder, and not in the local Hugging Face cache; give a "
+                "local path or an id you have downloaded (corolab never downloads models)") from None
 
     def new_batch(self) -> Batch:
         return HFBatch(self)

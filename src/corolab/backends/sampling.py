@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from corolab.engine.base import SamplingParams
+from corolab.params import SamplingParams
 
 TOP_K_FOR_TOP_P = 1024  # top_p looks at the most likely 1024 tokens first; a full sort only if they fall short
 

@@ -211,9 +211,3 @@ async def self_test(config: BenchConfig | None = None) -> BenchResult:
         config.url = server.url
         return await run_bench(config)
 
-
-def headline(result: BenchResult) -> float:
-    """Best completed requests/s over the runs (NaN when nothing completed)."""
-    rates = [r.summary.get("request_throughput", math.nan) for r in result.runs]
-    rates = [x for x in rates if x == x]
-    return max(rates) if rates else math.nan

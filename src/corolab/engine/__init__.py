@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
+from corolab.config import ServeConfig
 from corolab.engine.base import (
     Delta, Engine, EngineError, EngineInfo, EngineNotReadyError, EngineStats, PromptTooLongError,
-    QueueFullError, SamplingParams,
+    QueueFullError, RequestFailedError,
 )
+from corolab.engine.handle import RequestHandle
+from corolab.params import SamplingParams
 
 if TYPE_CHECKING:
     from corolab.backends.base import Backend
@@ -22,16 +26,21 @@ _ENGINES = {
 ENGINE_KINDS: tuple[str, ...] = tuple(_ENGINES)
 
 
-def create_engine(kind: str, backend: Backend, *, max_batch_size: int = 32, max_waiting: int = 256) -> Engine:
-    """Build the scheduler ``kind`` over ``backend``; ``await engine.start()`` before generating."""
+def create_engine(kind: str | None, backend: Backend, config: ServeConfig | None = None, **overrides: Any) -> Engine:
+    """Build the scheduler ``kind`` (``None``: ``config.engine``) over ``backend``, with the settings of
+    ``config`` (default: :class:`~corolab.config.ServeConfig`'s) and any field overridden by keyword, e.g.
+    ``create_engine("batched", backend, max_batch_size=4)``. ``await engine.start()`` before generating."""
+    config = replace(config or ServeConfig(), **overrides)
+    kind = kind or config.engine
     if kind not in _ENGINES:
         raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINE_KINDS)}")
     module_name, class_name = _ENGINES[kind].split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(backend, max_batch_size=max_batch_size, max_waiting=max_waiting)
+    return cls(backend, replace(config, engine=kind))
 
 
 __all__ = [
     "ENGINE_KINDS", "Delta", "Engine", "EngineError", "EngineInfo", "EngineNotReadyError", "EngineStats",
-    "PromptTooLongError", "QueueFullError", "SamplingParams", "create_engine",
+    "PromptTooLongError", "QueueFullError", "RequestFailedError", "RequestHandle", "SamplingParams",
+    "create_engine",
 ]

@@ -1,31 +1,31 @@
 """The engine contract: what the HTTP/websocket transport may ask of a scheduler.
 
-The transport (``corolab.server``) only ever talks to an :class:`Engine`. Three schedulers implement it
-(``naive``, ``threads``, ``batched``) so one load test can compare them with nothing else changed. An
-engine owns a model backend (``corolab.backends``) and turns its token ids into text deltas that are safe
-to stream: never half a UTF-8 character, never text that a stop sequence later removes.
+The transport (``corolab.server``) only ever talks to an :class:`Engine`, in two steps:
+
+1. **Admission.** ``prompt = await engine.tokenize(messages)`` (off the event loop), then
+   ``handle = engine.submit(prompt, params)``, which refuses at once (:class:`QueueFullError` → 429,
+   :class:`PromptTooLongError` → 400, :class:`EngineNotReadyError` → 503) or returns a
+   :class:`~corolab.engine.handle.RequestHandle`.
+2. **Streaming.** ``async for delta in handle``; ``handle.cancel()`` withdraws the request at any point
+   (queued or generating) and frees its slot at once.
+
+Three schedulers implement it (``naive``, ``threads``, ``batched``) so one load test can compare them with
+nothing else changed. An engine owns a model backend (``corolab.backends``) and turns its token ids into
+text deltas that are safe to stream: never half a UTF-8 character, never text a stop sequence later removes.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
-
-FinishReason = Literal["stop", "length", "abort"]
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-request sampling settings. Each request in one batch keeps its own."""
+from corolab.params import FinishReason, LimitError, SamplingParams, reply_limit
 
-    max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False  # keep going past end-of-sequence until max_tokens (benchmarks, like vLLM's)
+if TYPE_CHECKING:
+    from corolab.engine.handle import RequestHandle
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class EngineStats:
     waiting: int = 0
     requests_finished: int = 0
     tokens_generated: int = 0
+    prefix_hits: int = 0
 
 
 class EngineError(Exception):
@@ -65,15 +66,23 @@ class QueueFullError(EngineError):
 
 
 class PromptTooLongError(EngineError):
-    """The prompt (plus max_tokens where required) does not fit the model's context window: 400."""
+    """The prompt (plus the reply it asks for) does not fit the model's context window: 400."""
+
+    def __init__(self, message: str, param: str = "messages") -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class EngineNotReadyError(EngineError):
-    """The model is still loading: 503."""
+    """The model is still loading, or the engine has failed or stopped: 503."""
+
+
+class RequestFailedError(EngineError):
+    """This one request failed (its sampler, its stop strings, a model step): 500 for it alone."""
 
 
 StepListener = Callable[[int, float], None]
-"""Called after each decode step with (batch size, seconds the step took)."""
+"""Called on the event loop after each decode step with (batch size, seconds the step took)."""
 
 
 @dataclass
@@ -90,7 +99,8 @@ class Engine(abc.ABC):
     """One scheduler over one model backend.
 
     Life cycle: ``await start()`` (loads the model off the event loop; ``ready`` turns true), then any
-    number of concurrent ``generate`` calls, then ``await stop()``.
+    number of concurrent requests, then ``await stop()``. ``failure`` says why an engine that started
+    can no longer serve (its worker died), so ``/health`` can say so instead of "loading" forever.
     """
 
     def __init__(self) -> None:
@@ -104,6 +114,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def ready(self) -> bool: ...
 
+    @property
+    def failure(self) -> str | None:
+        return None
+
     @abc.abstractmethod
     async def start(self) -> None: ...
 
@@ -114,12 +128,32 @@ class Engine(abc.ABC):
     def stats(self) -> EngineStats: ...
 
     @abc.abstractmethod
-    def generate(self, messages: Sequence[dict[str, str]], params: SamplingParams) -> AsyncIterator[Delta]:
-        """Stream the reply to a chat as deltas; the last one has ``finish_reason`` set.
+    async def tokenize(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Apply the chat template and tokenize, off the event loop."""
 
-        Raises :class:`QueueFullError`, :class:`PromptTooLongError` or :class:`EngineNotReadyError`
-        before the first delta. Closing the iterator early (client gone) frees the request's slot at once.
+    @abc.abstractmethod
+    def submit(self, prompt: list[int], params: SamplingParams) -> RequestHandle:
+        """Admit a tokenized request or refuse it at once; never waits for the model."""
+
+    async def generate(self, messages: Sequence[dict[str, str]], params: SamplingParams) -> AsyncIterator[Delta]:
+        """Tokenize, submit and stream in one call: the short form for notebooks and tests.
+
+        ``params.max_tokens`` is clamped to the context window left after the prompt. Closing the iterator
+        early withdraws the request.
         """
+        prompt = await self.tokenize(messages)
+        try:
+            limit = reply_limit(len(prompt), self.info.context_window, max_tokens=params.max_tokens)
+        except LimitError as exc:
+            raise PromptTooLongError(str(exc), exc.param) from None
+        if limit != params.max_tokens:
+            params = replace(params, max_tokens=limit)
+        handle = self.submit(prompt, params)
+        try:
+            async for delta in handle:
+                yield delta
+        finally:
+            handle.cancel()
 
     def _emit_step(self, batch_size: int, seconds: float) -> None:
         for listener in self.step_listeners:
@@ -128,5 +162,5 @@ class Engine(abc.ABC):
 
 __all__ = [
     "Delta", "Engine", "EngineError", "EngineInfo", "EngineNotReadyError", "EngineStats", "FinishReason",
-    "PromptTooLongError", "QueueFullError", "SamplingParams", "StepListener",
+    "PromptTooLongError", "QueueFullError", "RequestFailedError", "SamplingParams", "StepListener",
 ]

@@ -1,20 +1,20 @@
-"""The batched scheduler: continuous (iteration-level) batching, as in Orca and vLLM.
+"""The batched engine: continuous (iteration-level) batching, as in Orca and vLLM.
 
-One worker thread owns the model. Each turn of its loop it
+Three pieces, each in its own place:
 
-1. drops requests whose client went away (their slot frees at once),
-2. admits waiting requests while there is room: each is prefilled alone and joins the running batch,
-3. runs **one** decode step for every running request together, and
-4. hands each request its new text, and removes those that finished.
+- :class:`~corolab.engine.scheduler.Scheduler` decides, before every step, which requests leave, which
+  prompt chunks to prefill and which requests decode. It is a plain object (no threads, no model).
+- The worker thread (:meth:`BatchedEngine._run`) owns the model: it asks the scheduler for a plan, runs it
+  on the backend's :class:`~corolab.backends.base.Batch`, turns each request's token into text
+  (:class:`~corolab.engine.sequence.RequestSequence`), and hands the step's deltas to the event loop.
+- The event loop side (:meth:`BatchedEngine.submit`) admits or refuses a request at once and returns a
+  :class:`~corolab.engine.handle.RequestHandle`; cancelling it withdraws the request from the scheduler.
 
 A decode step on a small batch costs about as much as on one sequence (the weights are read once per
 step either way), so tokens per second grow almost with the batch size. Requests join and leave between
-steps, never waiting for the whole batch to finish: that is what "continuous" means.
-
-The asyncio side never blocks. ``generate`` puts a request in a bounded waiting queue (full means
-:class:`~corolab.engine.base.QueueFullError`, which the server turns into 429) and then awaits its own
-``asyncio.Queue``. The worker delivers all deltas of one step in a single ``loop.call_soon_threadsafe``
-call, so the cost of waking the loop does not grow with the batch.
+steps, never waiting for the whole batch to finish: that is what "continuous" means. The worker delivers
+all deltas of one step in a single ``loop.call_soon_threadsafe`` call, so the cost of waking the loop does
+not grow with the batch.
 """
 
 from __future__ import annotations
@@ -22,22 +22,28 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from corolab.engine.base import Delta, EngineError, EngineNotReadyError, QueueFullError, SamplingParams
+from corolab.backends.base import PrefillChunk
+from corolab.engine.base import Delta, EngineNotReadyError
 from corolab.engine.common import BackendEngine
-from corolab.engine.sequence import RequestSequence, encode_checked
+from corolab.engine.handle import RequestHandle
+from corolab.engine.scheduler import Entry, Scheduler, StepPlan
+from corolab.engine.sequence import RequestSequence
+from corolab.params import SamplingParams
 
 
 @dataclass(eq=False)
 class _Request:
-    key: int
+    """What the worker keeps per request: the prompt, the settings, the text state, the handle."""
+
     prompt: list[int]
     params: SamplingParams
     seq: RequestSequence
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    handle: RequestHandle
+
+
+Out = list[tuple[RequestHandle, Delta | BaseException]]
 
 
 class BatchedEngine(BackendEngine):
@@ -45,9 +51,9 @@ class BatchedEngine(BackendEngine):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._cond = threading.Condition()  # guards _waiting, _cancelled, _stopping
-        self._waiting: deque[_Request] = deque()
-        self._cancelled: set[int] = set()
+        self._cond = threading.Condition()  # guards the scheduler and _stopping
+        self.scheduler: Scheduler[_Request] = Scheduler(self.config.max_batch_size, self.config.max_waiting,
+                                                        self.config.prefill_budget)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -70,134 +76,125 @@ class BatchedEngine(BackendEngine):
 
     def stats(self):  # type: ignore[override]
         snapshot = super().stats()
-        snapshot.waiting = len(self._waiting)
+        with self._cond:
+            snapshot.waiting = len(self.scheduler.waiting)
+            snapshot.running = len(self.scheduler.running) + len(self.scheduler.prefilling)
         return snapshot
 
-    async def generate(self, messages: Sequence[dict[str, str]], params: SamplingParams) -> AsyncIterator[Delta]:
-        self._check_ready()
-        prompt = encode_checked(self.backend, messages, params)
-        request = _Request(next(self._ids), prompt, params, RequestSequence(self.backend, prompt, params))
+    def submit(self, prompt: list[int], params: SamplingParams) -> RequestHandle:
+        key = self._admit(prompt, params)
+        handle = RequestHandle(key, len(prompt), self._withdraw)
+        request = _Request(prompt, params, RequestSequence(self.backend, len(prompt), params), handle)
         with self._cond:
-            if len(self._waiting) >= self.max_waiting:
-                raise QueueFullError(retry_after=self._retry_after())
-            self._waiting.append(request)
+            self.scheduler.add(Entry(key, len(prompt), request))  # QueueFullError: refused, nothing queued
             self._cond.notify()
-        done = False
-        try:
-            while True:
-                item = await request.queue.get()
-                if isinstance(item, BaseException):
-                    done = True
-                    if isinstance(item, EngineError):
-                        raise item
-                    raise EngineError("generation failed") from item
-                done = item.finish_reason is not None
-                yield item
-                if done:
-                    break
-        finally:
-            if not done:  # the client left: free the slot (or the place in the queue) now
-                with self._cond:
-                    try:
-                        self._waiting.remove(request)
-                    except ValueError:
-                        self._cancelled.add(request.key)
-                    self._cond.notify()
+        return handle
 
-    def _retry_after(self) -> float:
-        """How long a refused client should wait. A fixed second: long enough not to hammer the server,
-        short enough that a queue which drains at one batch per reply's worth of steps has room again."""
-        return 1.0
+    def _withdraw(self, handle: RequestHandle) -> None:
+        """The client left or gave up: a queued request is dropped now, a running one at the next step."""
+        with self._cond:
+            self.scheduler.cancel(handle.key)
+            self._cond.notify()
 
     # ---- the worker thread ------------------------------------------------------------------------------
 
     def _worker(self) -> None:
-        active: dict[int, _Request] = {}
-        try:
-            self._run(active)
-        except BaseException as exc:  # a bug here must not leave every client waiting forever
-            with self._cond:
-                left = list(active.values()) + list(self._waiting)
-                self._waiting.clear()
-                self._ready = False
-            self._deliver_threadsafe([(r, exc) for r in left])
-            raise
-
-    def _run(self, active: dict[int, _Request]) -> None:
         batch = self.backend.new_batch()
+        try:
+            self._run(batch)
+        except BaseException as exc:  # a bug here must not leave every client waiting forever
+            self._fail_engine(exc)
+            self._drain(EngineNotReadyError("the engine failed; see the server log"))
+
+    def _run(self, batch) -> None:
         while True:
             with self._cond:
-                while not (self._stopping or self._waiting or self._cancelled or active):
+                while not (self._stopping or self.scheduler.has_work):
                     self._cond.wait()
                 if self._stopping:
                     break
-                cancelled, self._cancelled = self._cancelled, set()
-                for key in cancelled:
-                    request = active.pop(key, None)
-                    if request is not None:
-                        batch.remove(key)
-                        self._finished(request.seq.completion_tokens)
-                joining = []
-                while self._waiting and len(active) + len(joining) < self.max_batch_size:
-                    joining.append(self._waiting.popleft())
-            out: list[tuple[_Request, Delta | BaseException]] = []
-            if joining:
-                try:  # one prefill for everyone who arrived since the last step
-                    first = batch.add_many([(r.key, r.prompt, r.params) for r in joining])
-                except Exception as exc:
-                    out.extend((r, exc) for r in joining)
-                    first = {}
-                for request in joining:
-                    if request.key in first:
-                        active[request.key] = request
-                        self._accept(batch, active, request, first[request.key], out)
-            self._stats.running = len(active)
+                plan = self.scheduler.plan()
+            batch = self._step(batch, plan)
+        self._drain(EngineNotReadyError("the engine stopped"))
+
+    def _step(self, batch, plan: StepPlan[_Request]):
+        """Run one plan: drop, prefill, decode. Returns the batch to use next (a new one after a failed step)."""
+        for entry in plan.drop:
+            batch.remove(entry.key)
+            self._finished(entry.payload.seq.completion_tokens)
+        out: Out = []
+        if plan.prefill:
+            chunks = [PrefillChunk(c.entry.key, c.entry.payload.prompt, c.start, c.end, c.entry.payload.params)
+                      for c in plan.prefill]
+            try:
+                outcomes = batch.prefill(chunks)
+            except Exception as exc:  # the whole prefill failed: those requests fail, the running ones go on
+                outcomes = {c.key: exc for c in chunks}
+            for chunk in plan.prefill:
+                if chunk.entry.key in outcomes:
+                    self._accept(batch, chunk.entry, outcomes[chunk.entry.key], out)
             if out:  # first tokens go out now, not after the next step: time to first token matters
                 self._deliver_threadsafe(out)
                 out = []
-            if active:
-                started = time.perf_counter()
-                try:
-                    tokens = batch.step()
-                except Exception as exc:  # a failed step fails every request in it, not the server
-                    out.extend((r, exc) for r in active.values())
-                    active.clear()
-                    batch = self.backend.new_batch()
-                    tokens = {}
-                step = (len(tokens), time.perf_counter() - started) if tokens else None
-                for key, token in tokens.items():
-                    self._accept(batch, active, active[key], token, out)
-                self._stats.running = len(active)
-                self._deliver_threadsafe(out, step)
-        # Stopping: whoever is still waiting for a reply gets an error instead of waiting forever.
         with self._cond:
-            left = list(active.values()) + list(self._waiting)
-            self._waiting.clear()
-        for request in active.values():
-            batch.remove(request.key)
+            decoding = [e for e in plan.decode if e.key in self.scheduler.running]  # not ended or withdrawn
+        if not decoding:
+            return batch
+        started = time.perf_counter()
+        try:
+            tokens = batch.step()
+        except Exception as exc:  # a failed step fails every request in it, not the server
+            for entry in decoding:
+                self._accept(batch, entry, exc, out)
+            self._deliver_threadsafe(out)
+            return self.backend.new_batch()
+        seconds = time.perf_counter() - started
+        for entry in decoding:
+            if entry.key in tokens:
+                self._accept(batch, entry, tokens[entry.key], out)
+        self._deliver_threadsafe(out, (len(tokens), seconds))
+        return batch
+
+    def _accept(self, batch, entry: Entry[_Request], outcome: int | BaseException, out: Out) -> None:
+        """One request's token (or failure): its deltas go out; if it ended, its slot is freed."""
+        request = entry.payload
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            out.extend((request.handle, delta) for delta in request.seq.push(outcome))
+            done = request.seq.finished
+        except Exception as exc:  # this request's own failure (its sampler, its text): it alone ends
+            out.append((request.handle, exc))
+            done = True
+        if done:
+            with self._cond:
+                left = self.scheduler.finish(entry.key)
+            batch.remove(entry.key)
+            if left is not None:
+                self._finished(request.seq.completion_tokens)
+
+    def _drain(self, error: Exception) -> None:
+        """Stopping or failed: whoever is still waiting for a reply gets an error instead of waiting forever."""
+        with self._cond:
+            s = self.scheduler
+            left = [*s.waiting, *s.prefilling, *s.running.values()]
+            s.waiting.clear()
+            s.prefilling.clear()
+            s.running.clear()
         if left:
-            self._deliver_threadsafe([(r, EngineNotReadyError("the engine stopped")) for r in left])
+            self._deliver_threadsafe([(e.payload.handle, error) for e in left])
 
-    def _accept(self, batch, active: dict[int, _Request], request: _Request, token: int,
-                out: list[tuple[_Request, Delta | BaseException]]) -> None:
-        out.extend((request, delta) for delta in request.seq.push(token))
-        if request.seq.finished:
-            del active[request.key]
-            batch.remove(request.key)
-            self._finished(request.seq.completion_tokens)
-
-    def _deliver_threadsafe(self, out: list[tuple[_Request, Delta | BaseException]],
-                            step: tuple[int, float] | None = None) -> None:
-        """Hand a step's results to the event loop in one call (the listeners run there too, as in the
-        other engines, so /metrics never reads half-updated numbers)."""
+    def _deliver_threadsafe(self, out: Out, step: tuple[int, float] | None = None) -> None:
+        """Hand a step's results to the event loop in one call (the listeners run there too, so /metrics
+        never reads half-updated numbers)."""
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(self._deliver, out, step)
         except RuntimeError:  # the event loop is gone; nobody is listening
             pass
 
-    def _deliver(self, out: list[tuple[_Request, Delta | BaseException]], step: tuple[int, float] | None) -> None:
-        for request, item in out:
-            request.queue.put_nowait(item)
+    def _deliver(self, out: Out, step: tuple[int, float] | None) -> None:
+        for handle, item in out:
+            handle.put(item)
         if step is not None:
             self._emit_step(*step)

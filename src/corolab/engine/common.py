@@ -1,27 +1,40 @@
-"""What the three engines share: loading the backend off the loop, readiness, counters, request ids."""
+"""What the three engines share: loading the backend off the loop, tokenizing off the loop, readiness and
+failure, counters, and request ids."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from corolab.backends.base import Backend
-from corolab.engine.base import Engine, EngineInfo, EngineNotReadyError, EngineStats
+from corolab.config import ServeConfig
+from corolab.engine.base import Engine, EngineInfo, EngineNotReadyError, EngineStats, PromptTooLongError
+from corolab.params import SamplingParams
+
+log = logging.getLogger("corolab.engine")
 
 
 class BackendEngine(Engine):
     kind = "base"
 
-    def __init__(self, backend: Backend, *, max_batch_size: int = 32, max_waiting: int = 256) -> None:
+    def __init__(self, backend: Backend, config: ServeConfig | None = None) -> None:
         super().__init__()
-        if max_batch_size < 1 or max_waiting < 0:
-            raise ValueError("max_batch_size must be at least 1 and max_waiting at least 0")
+        self.config = (config or ServeConfig()).validate()
         self.backend = backend
-        self.max_batch_size = max_batch_size
-        self.max_waiting = max_waiting
         self._ready = False
+        self._failure: str | None = None
         self._ids = itertools.count(1)
         self._stats = EngineStats()
+        # One thread for the tokenizer: chat templating and tokenizing never run on the event loop, and a
+        # single thread keeps a fast tokenizer from being entered by two threads at once.
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corolab-tokenize")
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
 
     @property
     def info(self) -> EngineInfo:
@@ -32,6 +45,10 @@ class BackendEngine(Engine):
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
     async def start(self) -> None:
         """Load the model in a worker thread: the event loop keeps answering /health meanwhile."""
         await asyncio.to_thread(self.backend.load)
@@ -41,11 +58,31 @@ class BackendEngine(Engine):
         self._ready = False
 
     def stats(self) -> EngineStats:
-        return EngineStats(**vars(self._stats))
+        snapshot = EngineStats(**vars(self._stats))
+        snapshot.prefix_hits = self.backend.prefix_hits
+        return snapshot
 
-    def _check_ready(self) -> None:
+    async def tokenize(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizer_thread, self.backend.encode_chat, list(messages))
+
+    def _admit(self, prompt: list[int], params: SamplingParams) -> int:
+        """The checks every engine makes before taking a request; returns its new key."""
+        if self._failure is not None:
+            raise EngineNotReadyError(f"the engine has failed ({self._failure}); restart the server")
         if not self._ready:
             raise EngineNotReadyError("the model is still loading; try again shortly")
+        window = self.backend.info.context_window
+        if len(prompt) + params.max_tokens > window:
+            raise PromptTooLongError(f"the prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) "
+                                     f"exceeds this model's context window of {window} tokens")
+        return next(self._ids)
+
+    def _fail_engine(self, exc: BaseException) -> None:
+        """The engine cannot go on: remember why (for /health), and log the traceback."""
+        self._failure = f"{type(exc).__name__}: {str(exc)[:200]}"
+        self._ready = False
+        log.error("the %s engine's worker stopped", self.kind, exc_info=exc)
 
     def _finished(self, completion_tokens: int) -> None:
         self._stats.requests_finished += 1

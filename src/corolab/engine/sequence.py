@@ -5,33 +5,24 @@ All three engines share this, so they differ only in *when* model steps run, whi
 
 from __future__ import annotations
 
-from collections.abc import Sequence as Seq
-
 from corolab.backends.base import Backend
-from corolab.engine.base import Delta, PromptTooLongError, SamplingParams
+from corolab.engine.base import Delta
 from corolab.engine.detok import IncrementalDetokenizer, StopFilter
-
-
-def encode_checked(backend: Backend, messages: Seq[dict[str, str]], params: SamplingParams) -> list[int]:
-    """Tokenize the chat; refuse prompts that leave no room in the context window."""
-    prompt = backend.encode_chat(messages)
-    window = backend.info.context_window
-    if len(prompt) >= window:
-        raise PromptTooLongError(
-            f"the prompt has {len(prompt)} tokens; this model's context window is {window} tokens"
-        )
-    return prompt
+from corolab.params import FinishReason, SamplingParams
 
 
 class RequestSequence:
-    """Feed it sampled tokens; it returns the deltas to stream and knows when the request is done."""
+    """Feed it sampled tokens; it returns the deltas to stream and knows when the request is done.
 
-    def __init__(self, backend: Backend, prompt: list[int], params: SamplingParams) -> None:
-        self.prompt_tokens = len(prompt)
+    ``params.max_tokens`` is final (the transport clamped it to the context window at admission).
+    """
+
+    def __init__(self, backend: Backend, prompt_tokens: int, params: SamplingParams) -> None:
+        self.prompt_tokens = prompt_tokens
         self.params = params
-        self.max_tokens = max(1, min(params.max_tokens, backend.info.context_window - len(prompt)))
+        self.max_tokens = params.max_tokens
         self.eos = frozenset() if params.ignore_eos else backend.eos_token_ids
-        self.detok = IncrementalDetokenizer(backend.decode)
+        self.detok = backend.new_detokenizer() or IncrementalDetokenizer(backend.decode)
         self.stops = StopFilter(params.stop)
         self.completion_tokens = 0
         self.finished = False
@@ -50,13 +41,10 @@ class RequestSequence:
             return self._finish("length", text + self.stops.flush())
         return [self._delta(text)] if text else []
 
-    def abort(self) -> None:
-        self.finished = True
-
-    def _finish(self, reason: str, text: str) -> list[Delta]:
+    def _finish(self, reason: FinishReason, text: str) -> list[Delta]:
         self.finished = True
         out = [self._delta(text)] if text else []
-        out.append(Delta("", reason, self.prompt_tokens, self.completion_tokens))  # type: ignore[arg-type]
+        out.append(Delta("", reason, self.prompt_tokens, self.completion_tokens))
         return out
 
     def _delta(self, text: str) -> Delta:

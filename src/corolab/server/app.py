@@ -1,4 +1,5 @@
-"""The FastAPI application: wiring only. Routes, errors, metrics and the websocket live in their modules."""
+"""The FastAPI application: wiring only. Routes, errors, metrics, limits and the websockets live in their
+modules; the settings come from one :class:`~corolab.config.ServeConfig`."""
 
 from __future__ import annotations
 
@@ -6,31 +7,33 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
 
 from fastapi import FastAPI
 
+from corolab.config import ServeConfig
 from corolab.engine.base import Engine
 from corolab.server import errors, routes, websocket
+from corolab.server.limits import BodyLimit
 from corolab.server.metrics import Metrics, StatusCounter
 from corolab.server.state import SEED_MODEL_ALIAS, ServerState
 
 log = logging.getLogger("corolab.server")
 
 
-def create_app(engine: Engine, *, api_key: str | None = None, served_model_name: str | list[str] | None = None,
-               default_max_tokens: int = 256, on_load_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
-    """An OpenAI-compatible app around ``engine``.
+def create_app(engine: Engine, config: ServeConfig | None = None, *,
+               on_load_failure: Callable[[BaseException], None] | None = None, **overrides: Any) -> FastAPI:
+    """An OpenAI-compatible app around ``engine``, with the settings of ``config`` (default: the engine's,
+    else :class:`ServeConfig`'s) and any field overridden by keyword, e.g. ``create_app(engine, api_key=...)``.
 
     The model loads in the background after start-up, so the server answers at once: ``/health`` says 503
-    until the engine is ready, then 200. Served names default to the model id plus the seed's
-    ``gpt-3.5-turbo``, so the seed's request works unchanged.
+    until the engine is ready, then 200. Served names default to the model id plus ``gpt-3.5-turbo``, so
+    ChatGLM's example request works unchanged.
     """
-    if served_model_name is None:
-        names = [engine.info.model_id, SEED_MODEL_ALIAS]
-    else:
-        names = [served_model_name] if isinstance(served_model_name, str) else list(served_model_name)
-    state = ServerState(engine=engine, metrics=Metrics(engine), served_names=names, api_key=api_key,
-                        default_max_tokens=default_max_tokens)
+    config = replace(config or getattr(engine, "config", None) or ServeConfig(), **overrides).validate()
+    names = config.served_model_names or [engine.info.model_id, SEED_MODEL_ALIAS]
+    state = ServerState(engine=engine, config=config, metrics=Metrics(engine), served_names=list(names))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +60,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, served_model_name:
     app = FastAPI(title="corolab", summary="An OpenAI-compatible chat server with continuous batching",
                   lifespan=lifespan)
     app.state.corolab = state
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(StatusCounter, metrics=state.metrics)
     errors.install(app)
     app.include_router(routes.router)

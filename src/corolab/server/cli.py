@@ -1,38 +1,77 @@
-"""``corolab serve``: the OpenAI-compatible server on one model and one engine."""
+"""``corolab serve``: the OpenAI-compatible server on one model and one engine.
+
+Every option's default is :class:`~corolab.config.ServeConfig`'s, so the command, ``create_engine`` and
+``create_app`` cannot disagree about one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 import threading
 import time
+from dataclasses import fields
+
+from corolab.config import ServeConfig, read_api_key
+
+_DEFAULTS = ServeConfig()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    d = _DEFAULTS
     p = subparsers.add_parser("serve", help="run the OpenAI-compatible chat server",
                               description="Serve a chat model over an OpenAI-compatible API, SSE and websockets.")
-    p.add_argument("--model", default=None,
-                   help="'fake', a Hugging Face id or local path; default: the embedded SmolLM2-135M-Instruct")
-    p.add_argument("--engine", choices=("naive", "threads", "batched"), default="batched")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=os.environ.get("COROLAB_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' (default: $COROLAB_API_KEY, else no key)")
-    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--model", default=d.model,
+                   help="'fake' (or 'fake:SECONDS' per step), a Hugging Face id or local path; "
+                        "default: the embedded SmolLM2-135M-Instruct")
+    p.add_argument("--engine", choices=("naive", "threads", "batched"), default=d.engine)
+    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--dtype", default=d.dtype, choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="CPU threads for model work (default: see the README's 'Threads' section)")
+    p.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $COROLAB_API_KEY, else no key); "
+                        "prefer --api-key-file or the variable: a key on the command line shows in 'ps'")
+    p.add_argument("--api-key-file", default=None, help="read the API key from the first line of this file")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
+    p.add_argument("--max-waiting", type=int, default=d.max_waiting, help="queued requests before answering 429")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="reply length when a request sets none")
+    p.add_argument("--prefill-budget", type=int, default=d.prefill_budget,
+                   help="prompt tokens prefilled per engine step; a longer prompt is prefilled in chunks")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+                   help="largest request body or websocket frame")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                    help="prefill every prompt in full (default: reuse the keys/values of the opening prompts share)")
-    p.add_argument("--max-waiting", type=int, default=256, help="queued requests before answering 429")
-    p.add_argument("--max-tokens", type=int, default=256, help="reply length when a request sets none")
-    p.add_argument("--served-model-name", action="append", default=None,
+    p.add_argument("--served-model-name", dest="served_model_names", action="append", default=None,
                    help="name clients use for the model (repeat for several); default: the model id and gpt-3.5-turbo")
-    p.add_argument("--fake-step-delay", type=float, default=0.0,
-                   help="with --model fake: seconds per decode step, to imitate a real model")
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-level", default=d.log_level, choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
+
+
+def config_from(args: argparse.Namespace) -> ServeConfig:
+    """The :class:`ServeConfig` an argument list describes (raises ValueError for impossible values)."""
+    values = {f.name: getattr(args, f.name) for f in fields(ServeConfig) if hasattr(args, f.name)}
+    values["served_model_names"] = values.get("served_model_names") or []
+    values["api_key"] = read_api_key(args.api_key, args.api_key_file)
+    return ServeConfig(**values).validate()
+
+
+class RedactKeys(logging.Filter):
+    """Keep API keys out of the access log: ``?api_key=...`` (a browser's websocket) becomes ``api_key=***``."""
+
+    pattern = re.compile(r"(api_key=)[^&\s\"]*", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(self.pattern.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        record.msg = self.pattern.sub(r"\1***", str(record.msg))
+        return True
 
 
 def _watch_parent(pid: int) -> None:
@@ -56,25 +95,27 @@ def run(args: argparse.Namespace) -> int:
     if args.exit_with_parent:
         _watch_parent(args.exit_with_parent)
     try:
-        backend = load_backend(args.model, device=args.device, dtype=args.dtype, prefix_cache=args.prefix_cache)
-        if args.model == "fake" and args.fake_step_delay:
-            backend.step_delay = args.fake_step_delay  # type: ignore[attr-defined]
-        engine = create_engine(args.engine, backend, max_batch_size=args.max_batch_size,
-                               max_waiting=args.max_waiting)
-    except (ValueError, OSError, ImportError) as exc:  # a bad option or model path: one line, no traceback
+        config = config_from(args)
+        backend = load_backend(config.model, device=config.device, dtype=config.dtype,
+                               prefix_cache=config.prefix_cache, threads=config.threads)
+        check = getattr(backend, "check", None)
+        if check is not None:
+            check()  # a missing device or model: one line now, not a traceback from the background later
+        engine = create_engine(None, backend, config)
+    except (ValueError, OSError, ImportError, RuntimeError) as exc:  # a bad option or model: one line
         print(f"corolab serve: {exc}", file=sys.stderr)
         return 2
     failed: list[BaseException] = []
-    config = uvicorn.Config(None, host=args.host, port=args.port, log_level=args.log_level)  # type: ignore[arg-type]
-    server = uvicorn.Server(config)
+    uv = uvicorn.Config(None, host=config.host, port=config.port, log_level=config.log_level)  # type: ignore[arg-type]
+    server = uvicorn.Server(uv)
 
     def on_load_failure(exc: BaseException) -> None:
         failed.append(exc)
         server.should_exit = True
 
-    config.app = create_app(engine, api_key=args.api_key, served_model_name=args.served_model_name,
-                            default_max_tokens=args.max_tokens, on_load_failure=on_load_failure)
-    print(f"corolab: serving on http://{args.host}:{args.port} (engine {args.engine}); the model loads in the "
-          "background, /health turns 200 when it is ready", file=sys.stderr, flush=True)
+    uv.app = create_app(engine, config, on_load_failure=on_load_failure)
+    logging.getLogger("uvicorn.access").addFilter(RedactKeys())
+    print(f"corolab: serving on http://{config.host}:{config.port} (engine {engine.info.engine}); the model loads "
+          "in the background, /health turns 200 when it is ready", file=sys.stderr, flush=True)
     server.run()
     return 1 if failed else 0

@@ -12,13 +12,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corolab.engine.base import EngineError, EngineNotReadyError, PromptTooLongError, QueueFullError
+from corolab.engine.base import (
+    EngineError, EngineNotReadyError, PromptTooLongError, QueueFullError, RequestFailedError,
+)
 from corolab.protocol import ErrorDetail, ErrorResponse
 
 log = logging.getLogger("corolab.server")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          429: "rate_limit_error", 503: "service_unavailable", 500: "server_error"}
+          413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable", 500: "server_error"}
 
 
 class APIError(Exception):
@@ -48,14 +50,45 @@ def from_engine_error(exc: EngineError) -> APIError:
     if isinstance(exc, QueueFullError):
         return APIError(429, str(exc), code="queue_full", headers={"Retry-After": f"{max(1, round(exc.retry_after))}"})
     if isinstance(exc, PromptTooLongError):
-        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+        return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
     if isinstance(exc, EngineNotReadyError):
         return APIError(503, str(exc), code="model_loading", headers={"Retry-After": "5"})
+    if isinstance(exc, RequestFailedError):  # this request alone failed; the cause goes to the log
+        log.error("a request failed: %s", exc, exc_info=exc.__cause__ or exc)
+        return APIError(500, str(exc), code="generation_failed")
     log.exception("engine error", exc_info=exc)
     return APIError(500, "the model failed while generating this reply", code="generation_failed")
 
 
+def describe_errors(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the server does: invalid requests are 400 in OpenAI's error
+    shape (FastAPI would document its own 422 and ``HTTPValidationError``)."""
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        schemas["ErrorResponse"] = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schemas["ErrorResponse"].pop("$defs", {}))
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.get("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses["400"] = {"description": "Invalid request", **error}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
+    describe_errors(app)
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)

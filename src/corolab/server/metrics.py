@@ -1,55 +1,63 @@
-"""``GET /metrics`` in the Prometheus text format, with no dependency: a few counters and histograms.
+"""``GET /metrics`` in the Prometheus text format, through ``prometheus_client``.
 
 Histograms are what a load test needs to compare with its client-side view: time to first token as the
-server saw it, how long each decode step took, and how many requests shared each step.
+server saw it (HTTP and websocket apart), how long each decode step took, and how many requests shared each
+step. The engine's counters (running, waiting, tokens, prefix-cache hits) are read at scrape time.
+
+Each app gets its own registry, so two servers in one process (tests, notebooks) never share numbers.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from corolab.engine.base import Engine
 
 #: path -> the ``endpoint`` label; anything else is "other", so a scanner cannot blow up the label set
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/models": "models", "/health": "health", "/metrics": "metrics"}
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class Histogram:
-    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]) -> None:
-        self.name, self.help, self.buckets = name, help_text, buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.total = 0.0
-        self.n = 0
+class EngineCollector(Collector):
+    """The engine's own numbers, read when /metrics is scraped."""
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.n += 1
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        cumulative = 0
-        for bound, count in zip(self.buckets, self.counts):
-            cumulative += count
-            lines.append(f'{self.name}_bucket{{le="{bound:g}"}} {cumulative}')
-        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.n}')
-        lines += [f"{self.name}_sum {self.total:.6f}", f"{self.name}_count {self.n}"]
-        return lines
+    def collect(self) -> Iterator[Metric]:
+        stats = self.engine.stats()
+        yield GaugeMetricFamily("corolab_requests_running", "Requests generating now.", value=stats.running)
+        yield GaugeMetricFamily("corolab_requests_waiting", "Requests queued for a batch slot (queue depth).",
+                                value=stats.waiting)
+        yield CounterMetricFamily("corolab_generated_tokens", "Completion tokens generated.",
+                                  value=stats.tokens_generated)
+        yield CounterMetricFamily("corolab_requests_finished", "Requests the engine finished.",
+                                  value=stats.requests_finished)
+        yield CounterMetricFamily("corolab_prefix_cache_hit_tokens",
+                                  "Prompt tokens served from the shared-prefix cache instead of prefilled.",
+                                  value=stats.prefix_hits)
 
 
 class Metrics:
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.requests: Counter[tuple[str, int]] = Counter()  # (endpoint, status) -> count
-        self.ttft = Histogram("corolab_time_to_first_token_seconds", "Request arrival to first content token.",
-                              (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.registry = CollectorRegistry()
+        self.requests = Counter("corolab_http_requests", "HTTP and websocket requests by endpoint and status.",
+                                ["endpoint", "status"], registry=self.registry)
+        ttft = Histogram("corolab_time_to_first_token_seconds", "Request arrival to first content token.",
+                         ["transport"], buckets=TTFT_BUCKETS, registry=self.registry)
+        self.ttft = ttft.labels(transport="http")
+        self.ws_ttft = ttft.labels(transport="websocket")
         self.step = Histogram("corolab_decode_step_seconds", "Duration of one decode step of the engine.",
-                              (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+                              buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=self.registry)
         self.batch = Histogram("corolab_batch_size", "Requests advanced by one decode step.",
-                               (1, 2, 4, 8, 16, 32, 64, 128, 256))
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        self.registry.register(EngineCollector(engine))
         engine.step_listeners.append(self._on_step)
 
     def _on_step(self, batch_size: int, seconds: float) -> None:
@@ -57,25 +65,15 @@ class Metrics:
         self.batch.observe(batch_size)
 
     def count(self, endpoint: str, status: int) -> None:
-        self.requests[(endpoint, status)] += 1
+        self.requests.labels(endpoint=endpoint, status=str(status)).inc()
 
-    def render(self) -> str:
-        stats = self.engine.stats()
-        gauges: list[tuple[str, str, str, Callable[[], float]]] = [
-            ("corolab_requests_running", "gauge", "Requests generating now.", lambda: stats.running),
-            ("corolab_requests_waiting", "gauge", "Requests queued for a batch slot.", lambda: stats.waiting),
-            ("corolab_generated_tokens_total", "counter", "Completion tokens generated.", lambda: stats.tokens_generated),
-            ("corolab_requests_finished_total", "counter", "Requests the engine finished.", lambda: stats.requests_finished),
-        ]
-        lines = ["# HELP corolab_http_requests_total HTTP and websocket requests by endpoint and status.",
-                 "# TYPE corolab_http_requests_total counter"]
-        for (endpoint, status), n in sorted(self.requests.items()):
-            lines.append(f'corolab_http_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
-        for name, kind, help_text, value in gauges:
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value()}"]
-        for histogram in (self.ttft, self.step, self.batch):
-            lines += histogram.render()
-        return "\n".join(lines) + "\n"
+    def sample(self, name: str, **labels: str) -> float:
+        """One number as /metrics would show it (0 if never observed), e.g.
+        ``sample("corolab_http_requests_total", endpoint="chat", status="499")``."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 class StatusCounter:

@@ -25,13 +25,16 @@ class ChunkWriter:
         self._prefix = head[:-1] + ', "choices": [{"index": 0, "delta": {"content": '
         self._suffix = '}, "finish_reason": null, "logprobs": null}], "usage": null}'
 
-    def _chunk(self, delta: DeltaMessage, finish_reason: str | None = None, usage: Usage | None = None,
-               choices: bool = True) -> bytes:
-        chunk = ChatCompletionChunk(
+    def _chunk_model(self, delta: DeltaMessage, finish_reason: str | None = None, usage: Usage | None = None,
+                     choices: bool = True) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
             id=self.id, created=self.created, model=self.model, usage=usage,
             choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)] if choices else [],
         )
-        return event(chunk.model_dump_json())
+
+    def _chunk(self, delta: DeltaMessage, finish_reason: str | None = None, usage: Usage | None = None,
+               choices: bool = True) -> bytes:
+        return event(self._chunk_model(delta, finish_reason, usage, choices).model_dump_json())
 
     def role(self) -> bytes:
         return self._chunk(DeltaMessage(role="assistant", content=""))
@@ -40,9 +43,10 @@ class ChunkWriter:
         return event(self._prefix + json.dumps(text, ensure_ascii=False) + self._suffix)
 
     def finish(self, reason: str) -> bytes:
-        return self._chunk(DeltaMessage(), finish_reason=reason)
+        """The last chunk with a choice: an empty delta (``{}``, as OpenAI sends it) and the finish reason."""
+        chunk = self._chunk_model(DeltaMessage(), finish_reason=reason).model_dump(mode="json")
+        chunk["choices"][0]["delta"] = {}
+        return event(json.dumps(chunk))
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
-        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                      total_tokens=prompt_tokens + completion_tokens)
+    def usage(self, usage: Usage) -> bytes:
         return self._chunk(DeltaMessage(), usage=usage, choices=False)

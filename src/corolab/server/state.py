@@ -1,4 +1,5 @@
-"""What every route needs, kept on ``app.state``: the engine, its metrics, and the server's settings."""
+"""What every route needs, kept on ``app.state``: the engine, the settings, the metrics, and the two
+checks every request passes (which model it names, which key it carries)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,21 @@ from dataclasses import dataclass, field
 
 from fastapi import Request, WebSocket
 
-from corolab.engine.base import Engine, SamplingParams
-from corolab.protocol import SamplingFields
+from corolab.config import ServeConfig
+from corolab.engine.base import Engine
 from corolab.server.errors import APIError
 from corolab.server.metrics import Metrics
 
-#: The seed's example request names this model; answering to it keeps that request working unchanged.
+#: ChatGLM's example request names this model; answering to it keeps that request working unchanged.
 SEED_MODEL_ALIAS = "gpt-3.5-turbo"
 
 
 @dataclass
 class ServerState:
     engine: Engine
+    config: ServeConfig
     metrics: Metrics
     served_names: list[str]
-    api_key: str | None = None
-    default_max_tokens: int = 256
     load_error: str | None = None
     tasks: set = field(default_factory=set)
 
@@ -33,18 +33,17 @@ class ServerState:
         raise APIError(404, f"the model '{name}' does not exist; this server serves: {', '.join(self.served_names)}",
                        param="model", code="model_not_found")
 
-    def sampling(self, body: SamplingFields) -> SamplingParams:
-        """The engine's view of a request's sampling fields (HTTP body or websocket frame alike)."""
-        return SamplingParams(max_tokens=body.token_limit(self.default_max_tokens), temperature=body.temperature,
-                              top_p=body.top_p, seed=body.seed, stop=body.stop_list(), ignore_eos=body.ignore_eos)
-
     def check_key(self, authorization: str | None) -> None:
-        if self.api_key is None:
+        """401 unless the request carries ``Bearer <the key>``. Compared as bytes in constant time: a header
+        may hold any Latin-1 text, which ``hmac.compare_digest`` refuses to compare as ``str``."""
+        key = self.config.api_key
+        if key is None:
             return
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), self.api_key):
+        given = token.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, key.encode("utf-8")):
             raise APIError(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
-                           code="invalid_api_key")
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 def get_state(request: Request) -> ServerState:

@@ -1,0 +1,50 @@
+"""The serving stack's imports point one way: server → protocol → engine → backends → params/config.
+
+Read from the source (``ast``), imports under ``TYPE_CHECKING`` included: an arrow that runs back up
+makes the layers impossible to teach one at a time, and tends to end in an import cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "corolab"
+
+#: Lower numbers are lower layers. A module may import its own layer or lower ones only.
+LAYERS = {"params": 0, "config": 0, "backends": 1, "engine": 2, "protocol": 3, "server": 4}
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.get(parts[1]) if parts[0] == "corolab" and len(parts) > 1 else None
+
+
+def imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_nothing_below_imports_anything_above():
+    upward = []
+    for path in SRC.rglob("*.py"):
+        module = "corolab." + ".".join(path.relative_to(SRC).with_suffix("").parts)
+        own = layer_of(module)
+        if own is None:
+            continue
+        for name in imports(path):
+            target = layer_of(name)
+            if target is not None and target > own:
+                upward.append(f"{module} imports {name}")
+    assert upward == []
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from corolab.engine.base import Delta\n")
+    assert [layer_of(n) for n in imports(bad)] == [LAYERS["engine"]] and LAYERS["engine"] > LAYERS["backends"]
