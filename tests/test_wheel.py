@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -42,7 +43,15 @@ def _assert_nothing_from_the_checkout(result: subprocess.CompletedProcess) -> No
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", ROOT,
+    # Build from a copy: an in-tree build writes build/ and *.egg-info into the checkout, and two test runs
+    # at once would share them.
+    source = tmp_path_factory.mktemp("source")
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache", ".ipynb_checkpoints")
+    for name in ("src", "labs"):
+        shutil.copytree(ROOT / name, source / name, ignore=skip)
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", source,
                   "-w", out], cwd=out, timeout=300)
     wheels = list(out.glob("corolab-*.whl"))
     if built.returncode != 0 or not wheels:
