@@ -13,4 +13,8 @@ cat > "$settings/overrides.json" <<'JSON'
   }
 }
 JSON
-exec jupyter lab --ip 127.0.0.1 "$@"
+# Jupyter refuses to start as root ("Running as root is not recommended"); containers and many lab machines
+# run everything as root, so pass --allow-root there and only there.
+root_flag=()
+if [ "$(id -u)" = 0 ]; then root_flag=(--allow-root); fi
+exec jupyter lab --ip 127.0.0.1 "${root_flag[@]}" "$@"

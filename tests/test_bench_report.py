@@ -68,7 +68,30 @@ def test_cli_parses_every_option_and_registers_under_corolab():
     assert (cfg.prompt_tokens, cfg.max_tokens, cfg.api_key) == (9, 11, "k")
     assert cfg.ttft_limit == pytest.approx(0.2) and cfg.tpot_limit == pytest.approx(0.05)
     assert [lvl for _, lvl in cfg.levels()] == [2.0, 4.0]
-    assert bench_cli.config_from_args(build_parser().parse_args(["bench", "--concurrency", "1,8"])).requests == 100
+    default = bench_cli.config_from_args(build_parser().parse_args(["bench", "--concurrency", "1,8"]))
+    assert (default.requests, default.duration) == (None, bench_cli.DEFAULT_DURATION)  # a wait one can plan
+    only_requests = bench_cli.config_from_args(build_parser().parse_args(["bench", "--requests", "5"]))
+    assert (only_requests.requests, only_requests.duration) == (5, None)
+
+
+async def test_progress_bar_names_the_level_and_counts_down_the_time(capsys):
+    from corolab.bench.progress import LevelProgress, level_label
+
+    assert level_label("concurrency", 8, 2, 3) == "bench c=8 [2/3]"
+    assert level_label("rate", 2.5, 1, 2) == "bench rate=2.5/s [1/2]"
+    now = [100.0]
+    timed = LevelProgress(BenchConfig(concurrency=1, requests=None, duration=20.0, clock=lambda: now[0]), "t")
+    now[0] = 105.0
+    timed.done()
+    assert (timed.bar.n, timed.bar.total, timed.completed) == (5.0, 20.0, 1)
+    now[0] = 130.0                                   # the drain after the deadline never passes 100 %
+    timed.done()
+    assert timed.bar.n == 20.0
+    timed.close()
+    counted = LevelProgress(BenchConfig(concurrency=1, requests=4), "c")
+    counted.done()
+    assert (counted.bar.n, counted.bar.total) == (1, 4)
+    counted.close()
 
 
 def test_cli_self_test_writes_outputs(tmp_path, capsys):

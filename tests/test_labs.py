@@ -76,6 +76,9 @@ def test_cli_list(capsys) -> None:
     assert main(["lab", "list"]) == 0
     out = capsys.readouterr().out
     assert "A lazy log pipeline" in out and "Part I" in out
+    lines = out.splitlines()
+    assert len(lines) == len(all_labs())
+    assert len({line.index("chapter:") for line in lines}) == 1, "the chapter column lines up"
 
 
 def test_cli_start_copies_the_starter_never_the_solution(tmp_path: Path, capsys) -> None:

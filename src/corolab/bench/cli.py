@@ -6,6 +6,12 @@ import argparse
 import sys
 
 
+# Without --requests or --duration each load level runs this long: a three-level sweep on the real model
+# takes about a minute, and the progress bar counts the seconds down. (A fixed request count would take
+# minutes at one user on a CPU: 100 requests of 32 tokens one after the other.)
+DEFAULT_DURATION = 20.0
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -27,8 +33,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     load.add_argument("--concurrency", type=_ints, help="e.g. 1,8,32 (closed loop)")
     load.add_argument("--rate", type=_floats, help="requests/s, e.g. 2,4 (open loop)")
     p.add_argument("--max-concurrency", type=int, default=256, help="cap on in-flight requests with --rate")
-    p.add_argument("--requests", type=int, default=None, help="requests per run (default 100 without --duration)")
-    p.add_argument("--duration", type=float, default=None, help="seconds per run")
+    p.add_argument("--requests", type=int, default=None,
+                   help=f"requests per run (default: none, each run lasts {DEFAULT_DURATION:g} s)")
+    p.add_argument("--duration", type=float, default=None,
+                   help=f"seconds per run (default {DEFAULT_DURATION:g} when --requests is not given either)")
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--dataset", help="JSONL with prompt/query/messages (+ max_tokens) per line")
@@ -52,12 +60,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def config_from_args(args):
     from .config import BenchConfig
 
-    requests = args.requests
-    if requests is None and args.duration is None:
-        requests = 100
+    requests, duration = args.requests, args.duration
+    if requests is None and duration is None:
+        duration = DEFAULT_DURATION
     return BenchConfig(
         url=args.url, model=args.model, mode=args.mode, concurrency=args.concurrency, rate=args.rate,
-        max_concurrency=args.max_concurrency, requests=requests, duration=args.duration,
+        max_concurrency=args.max_concurrency, requests=requests, duration=duration,
         prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, dataset=args.dataset, seed=args.seed,
         ignore_eos=args.ignore_eos,
         ttft_limit=None if args.ttft_limit is None else args.ttft_limit / 1e3,
@@ -76,7 +84,7 @@ def run(args) -> int:
         if args.concurrency is None and args.rate is None:
             config.concurrency = 64
         if args.requests is None and args.duration is None:
-            config.requests = 4000
+            config.requests, config.duration = 4000, None
         result = asyncio.run(self_test(config))
     else:
         result = run_bench_sync(config)

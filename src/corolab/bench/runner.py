@@ -94,8 +94,8 @@ async def run_level(config: BenchConfig, kind: str, level: float, prompts, runs:
     runs.append(run)
     pool_size = int(level) if kind == "concurrency" else config.max_concurrency
     client = make_client(config, pool_size)
-    bar = _progress(config, kind, level)
-    on_done = (lambda rec: bar.update(1)) if bar else (lambda rec: None)
+    bar = _progress(config, kind, level, len(runs))
+    on_done = bar.done if bar else (lambda rec: None)
     bounds = Bounds(config.requests, config.duration, config.clock)
     monitor = LoopMonitor(config.heartbeat_interval)
     try:
@@ -118,13 +118,13 @@ async def run_level(config: BenchConfig, kind: str, level: float, prompts, runs:
     return run
 
 
-def _progress(config: BenchConfig, kind: str, level: float):
+def _progress(config: BenchConfig, kind: str, level: float, index: int):
+    """The level's progress bar (None with ``progress=False``); ``index`` counts levels from 1."""
     if not config.progress:
         return None
-    from tqdm.auto import tqdm
+    from .progress import LevelProgress, level_label
 
-    label = f"c={int(level)}" if kind == "concurrency" else f"rate={level:g}/s"
-    return tqdm(total=config.requests, desc=f"bench {label}", unit="req", leave=False)
+    return LevelProgress(config, level_label(kind, level, index, len(config.levels())))
 
 
 async def run_bench(config: BenchConfig) -> BenchResult:

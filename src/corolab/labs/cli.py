@@ -50,8 +50,11 @@ def _guarded(fn):  # type: ignore[no-untyped-def]
 def _list(args: argparse.Namespace) -> int:
     from corolab.labs.registry import all_labs
 
-    for lab in all_labs():
-        print(f"{lab.number:2d}  {lab.title:<45}  chapter: {lab.chapter}")
+    labs = all_labs()
+    # Size the title column to the longest title, so the chapter column lines up whatever the titles are.
+    width = max((len(lab.title) for lab in labs), default=0)
+    for lab in labs:
+        print(f"{lab.number:2d}  {lab.title:<{width}}  chapter: {lab.chapter}")
     return 0
 
 

@@ -85,17 +85,23 @@ class Mutant:
 
 
 def labs_dir() -> Path:
-    """Where the labs live: ``$COROLAB_LABS_DIR``, else the repository's ``labs/``, else ``./labs``."""
+    """Where the labs live: ``$COROLAB_LABS_DIR``; else the repository's ``labs/`` when corolab runs from a
+    checkout (solutions included); else the copy shipped inside the installed package (``corolab/_labs``,
+    the student edition: no solutions); else ``./labs``."""
     candidates = []
     if env := os.environ.get("COROLAB_LABS_DIR"):
         candidates.append(Path(env))
-    candidates.append(Path(corolab.__file__).resolve().parents[2] / "labs")  # editable install
+    package = Path(corolab.__file__).resolve().parent
+    candidates.append(package.parents[1] / "labs")  # a checkout: src/corolab/ -> labs/
+    candidates.append(package / "_labs")  # a wheel: setup.py copies labs/ here at build time
     candidates.append(Path.cwd() / "labs")
     for candidate in candidates:
         if candidate.is_dir() and any(candidate.glob("lab*/lab.toml")):
             return candidate
     raise LabError(
-        "cannot find the labs folder; run from the corolab repository or set COROLAB_LABS_DIR "
+        "cannot find the labs. They ship inside the corolab wheel (corolab/_labs) and live in the "
+        "repository's labs/ folder: reinstall corolab from a wheel built from the repository, run from a "
+        "clone of it, or set COROLAB_LABS_DIR to a labs folder "
         f"(looked in: {', '.join(str(c) for c in candidates)})"
     )
 
