@@ -138,9 +138,9 @@ class Timeline:
         ax.set_xlabel(f"time ({unit})")
         used = [state for state in STATES if any(s.state == state for s in self.spans)]
         if used:
+            # Right of the axes, not below: below, it collides with the x label whatever the height.
             ax.legend(handles=[Patch(facecolor=STATES[s], edgecolor="black", label=s) for s in used],
-                      loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(rows) < 4 else -0.12),
-                      ncol=len(used), frameon=False, fontsize=8)
+                      loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
         if title:
             ax.set_title(title)
         fig = ax.figure
