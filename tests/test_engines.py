@@ -394,3 +394,65 @@ async def test_batched_engine_matches_naive_on_the_model(smol):
     assert [text_of(d) for d in got] == expected
     assert all(d[-1].completion_tokens <= 10 for d in got)
     await batched.stop()
+
+
+@pytest.mark.model
+def test_a_prompt_prefilled_in_chunks_gives_the_same_greedy_tokens(smol):
+    """Chunked prefill (the scheduler's prefill budget) is exact: the row's cache grows chunk by chunk and
+    joins a batch that is already decoding, and its tokens are what the whole prompt gives alone."""
+    from corolab.backends.base import PrefillChunk
+
+    long_prompt = smol.encode_chat([{"role": "user", "content": "Tell me about rivers. " * 12}])
+    short = smol.encode_chat([{"role": "user", "content": "Hi"}])
+    n = 8
+    expected = _greedy_alone(smol, long_prompt, n)
+    greedy = SamplingParams(temperature=0)
+    batch = smol.new_batch()
+    got = {0: [batch.add(0, short, greedy)]}
+    step = 40
+    for start in range(0, len(long_prompt), step):
+        end = min(start + step, len(long_prompt))
+        outcome = batch.prefill([PrefillChunk(1, long_prompt, start, end, greedy)])
+        if end < len(long_prompt):
+            assert outcome == {}                     # not complete yet: no token, the row has not joined
+        else:
+            got[1] = [outcome[1]]
+        got[0].append(batch.step()[0])               # the running row decodes between chunks
+    while len(got[1]) < n:
+        got[1].append(batch.step()[1])
+    assert got[1] == expected
+    assert len(long_prompt) > 3 * step
+
+
+@pytest.mark.model
+def test_the_tokenizers_stream_decoder_matches_the_hand_written_one(smol):
+    """DecodeStream (the library's) and IncrementalDetokenizer (the chapter's) stream the same text,
+    including Chinese characters split across tokens."""
+    from corolab.engine.detok import IncrementalDetokenizer
+
+    text = "Hello, 世界! Ünïcödé — naïve café. 你好，请介绍一下你自己。"
+    ids = smol.tokenizer(text, add_special_tokens=False)["input_ids"]
+    library, ours = smol.new_detokenizer(), IncrementalDetokenizer(smol.decode)
+    assert library is not None
+    a = [library.push(t) for t in ids]
+    b = [ours.push(t) for t in ids]
+    assert "".join(a) == "".join(b) == smol.decode(ids)
+    assert all("\ufffd" not in piece for piece in a)
+
+
+@pytest.mark.model
+async def test_a_seed_the_sampler_refuses_fails_that_request_alone(smol):
+    """The protocol refuses such a seed with 400; the engine must hold even if one gets through."""
+    engine = create_engine("batched", smol)
+    await engine.start()
+    chat = [{"role": "user", "content": "Say hello."}]
+
+    async def run(seed):
+        return await collect(engine, chat, temperature=0.7, seed=seed, max_tokens=4)
+
+    try:
+        results = await asyncio.gather(run(1), run(2**70), run(3), return_exceptions=True)
+    finally:
+        await engine.stop()
+    assert isinstance(results[1], EngineError)
+    assert all(isinstance(r, list) and r[-1].finish_reason for r in (results[0], results[2]))
