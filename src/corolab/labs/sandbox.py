@@ -79,6 +79,7 @@ class Spec:
     reachable: list[str] = field(default_factory=list)  # paths `nobody` must be able to reach (the interpreter)
     limits: Limits = field(default_factory=Limits)
     mode: str = "namespaces"
+    switch_user: bool = True                 # as root: run as `nobody`
 
 
 def main(argv: list[str]) -> int:
@@ -88,6 +89,10 @@ def main(argv: list[str]) -> int:
     if spec.mode == "namespaces":
         return _run_in_namespaces(spec)
     _apply_limits(spec.limits)
+    if spec.switch_user and os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
     os.chdir(spec.cwd)
     os.execve(spec.argv[0], spec.argv, spec.env)
     return 127  # not reached
@@ -138,6 +143,8 @@ def _become_init(spec: Spec, libc: ctypes.CDLL, as_root: bool) -> None:
     mount = libc.mount
     mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
     _check(mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+    # A /proc of this PID namespace: the box sees its own processes only, not other boxes' folders.
+    mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)  # kept as it was if refused
     if as_root:
         _open_paths_for_nobody(spec, mount)
     for folder in spec.writable:  # a mount of its own, so the read-only pass below skips it
@@ -206,6 +213,10 @@ def _open_paths_for_nobody(spec: Spec, mount) -> None:  # type: ignore[no-untype
             os.mkdir(target, 0o755) if holder.is_dir() else Path(target).touch()
             _check(mount(str(holder).encode(), target.encode(), None, MS_BIND | MS_REC, None), "unstage")
     raise OSError(errno.EACCES, "could not open the interpreter's folders to the grading user")
+
+
+def nobody_can_reach(paths: list[str]) -> bool:
+    return _first_blocked(paths) is None
 
 
 def _first_blocked(paths: list[str]) -> tuple[str, set[str]] | None:
