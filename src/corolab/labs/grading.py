@@ -37,12 +37,17 @@ Status = Literal["ok", "timeout", "crash", "import-error", "missing", "not-attem
 Catalogue = dict[str, tuple[int, str]]
 
 
-def points(value: int, hint: str) -> Callable[[F], F]:
-    """Mark a graded test with its points and the hint a student sees when it fails."""
+def points(value: int, hint: str, params: str = "") -> Callable[[F], F]:
+    """Mark a graded test with its points and the hint a student sees when it fails.
+
+    ``params`` names the case the test tries (``"max_idle_polls=3"``): the report's "why" line starts
+    with it, so a student can rerun that case by hand. Parametrized tests add their parameters too.
+    """
 
     def mark(test: F) -> F:
         test.__corolab_points__ = value  # type: ignore[attr-defined]
         test.__corolab_hint__ = hint  # type: ignore[attr-defined]
+        test.__corolab_params__ = params  # type: ignore[attr-defined]
         return test
 
     return mark
@@ -124,7 +129,7 @@ def grade(lab: Lab, student: Path, timeout: float | None = None, catalogue: Cata
     if not student.is_file():
         result = _fill(LabResult(lab, student, "missing", detail=f"no such file: {student}"), catalogue, {})
     elif _is_untouched_starter(lab, student):
-        result = _fill(LabResult(lab, student, "not-attempted", detail="this is the starter file, unchanged"),
+        result = _fill(LabResult(lab, student, "not-attempted", detail="the file is the untouched starter; edit it, then check again"),
                        catalogue, {})
     else:
         limit = timeout if timeout is not None else lab.timeout

@@ -94,10 +94,10 @@ def _meta(item: pytest.Item) -> tuple[int, str]:
 
 def _params(item: pytest.Item) -> str:
     """The test's parameters as ``name=value`` (for the "why" line): which case failed matters."""
+    declared = str(getattr(getattr(item, "function", None), "__corolab_params__", ""))
     callspec = getattr(item, "callspec", None)
-    if callspec is None:
-        return ""
-    return ", ".join(f"{k}={v!r}"[:60] for k, v in callspec.params.items())
+    given = [f"{k}={v!r}"[:60] for k, v in callspec.params.items()] if callspec is not None else []
+    return ", ".join([declared] * bool(declared) + given)
 
 
 def _hooks(emit: Callable[[dict], None]):  # type: ignore[no-untyped-def]
