@@ -1,18 +1,15 @@
 """Hostile submissions against the grader: each attack scores 0 or is refused, changes nothing that
 lasts, and leaves no process behind.
 
-Guards, so that a broken sandbox cannot harm the machine running these tests: every attack targets a
-copy of a lab under ``tmp_path`` (never the repository's labs), runs under tight limits, and every
-process it starts carries a marker, sleeps a bounded time and is killed by pid at teardown if it
-survived. The memory attack asks for 2 GiB under a 512 MiB limit (a ``bytearray`` that is never touched).
+Every attack targets a copy of a lab in a temporary folder (never the repository's labs) and runs under
+tight limits; see hostile_submissions.py for the guards.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import textwrap
-import uuid
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -22,6 +19,8 @@ from corolab.labs import get_lab, grade
 from corolab.labs.batch import grade_folder
 from corolab.labs.registry import load_lab
 from corolab.labs.sandbox import NOBODY, Limits, probe
+from hostile_submissions import (carrying, escape, forge_through_descriptors, fork_bomb, hog_memory, marker,  # noqa: F401
+                                 partial, plant_conftest, replace_the_writer, trespass, write)
 
 FULL_SANDBOX = probe() == "namespaces"
 needs_namespaces = pytest.mark.skipif(not FULL_SANDBOX, reason="needs Linux namespaces (root, or user namespaces)")
@@ -29,173 +28,46 @@ TIGHT = Limits(memory_mb=512, cpu_s=30, file_mb=8, processes=64, open_files=128)
 
 
 @pytest.fixture
-def marker():
-    """A string every process an attack starts carries in its command line; leftovers are killed by pid."""
-    tag = f"corolab-hostile-{uuid.uuid4().hex}"
-    yield tag
-    for proc in _carrying(tag):
-        proc.kill()
-
-
-def _carrying(tag: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if tag in (proc.info["cmdline"] or []):
-            found.append(proc)
-    return found
+def arena():
+    """A temporary folder anyone may enter, and write where it says so: what keeps attacks out of it must
+    be the sandbox, not the permissions of pytest's own (private) temporary folders."""
+    folder = Path(tempfile.mkdtemp(prefix="corolab-arena-"))
+    os.chmod(folder, 0o755)
+    yield folder
+    shutil.rmtree(folder)
 
 
 @pytest.fixture
-def lab_copy(tmp_path: Path):
+def lab_copy(arena: Path):
     """Lab 1, copied: attacks aim at this copy, so even a failed sandbox cannot change the real lab."""
     lab = get_lab(1)
-    root = tmp_path / "labs" / lab.name
+    root = arena / "labs" / lab.name
     shutil.copytree(lab.root, root)
+    os.chmod(root.parent, 0o755)
     return load_lab(root)
 
 
-def _attack(lab, body: str, base: str = "starter") -> str:
-    source = (lab.starter if base == "starter" else lab.solution).read_text()
-    return source + "\n\n# --- hostile part ---\n" + textwrap.dedent(body)
-
-
-def _forge_through_descriptors(lab) -> str:
-    """(a) Write passing records to every file descriptor this process can write, old format and new."""
-    return _attack(lab, """
-        import json as _json, os as _os
-        _names = ["test_read_lines_yields_lines", "test_top_paths"]
-        _lines = "".join(_json.dumps({"kind": "test", "name": n, "passed": True, "max_points": 2, "hint": "",
-                                      "message": ""}) + "\\n" for n in _names)
-        _lines += "".join(_json.dumps({"record": _json.dumps({"kind": "test", "name": n, "passed": True}),
-                                       "mac": "0" * 64}) + "\\n" for n in _names)
-        if _os.environ.get("COROLAB_RESULTS"):
-            open(_os.environ["COROLAB_RESULTS"], "a").write(_lines)
-        for _fd in map(int, _os.listdir("/proc/self/fd")):
-            try:
-                _os.write(_fd, _lines.encode())
-            except OSError:
-                pass
-    """)
-
-
-def _replace_the_writer(lab) -> str:
-    """(b) Replace the plugin's writer through sys.modules at import, so every record says "passed"."""
-    return _attack(lab, """
-        import sys as _sys
-        _plugin = _sys.modules["corolab.labs.plugin"]
-        for _name in ("_write", "_emit"):
-            _real = getattr(_plugin, _name)
-            setattr(_plugin, _name, lambda record, _real=_real: _real(dict(record, passed=True, message="")))
-    """)
-
-
-CONFTEST = '''
-import pytest
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    outcome.get_result().outcome = "passed"
-'''
-
-
-def _plant_conftest(lab, tests_dirs: list[Path]) -> str:
-    """(c) Write a conftest.py that passes every test into the lab's tests folder and the run's own copy."""
-    return _attack(lab, f"""
-        import sys as _sys
-        from pathlib import Path as _Path
-        _targets = {[str(d) for d in tests_dirs]!r}
-        _targets += [str(_Path(m.__file__).parent) for m in list(_sys.modules.values())
-                     if getattr(m, "__file__", None) and _Path(m.__file__).name.startswith("test_")]
-        for _t in _targets:
-            try:
-                (_Path(_t) / "conftest.py").write_text({CONFTEST!r})
-            except OSError:
-                pass
-    """)
-
-
-def _escape(lab, tag: str) -> str:
-    """A grandchild in its own session that keeps the inherited descriptors, and one that closes them."""
-    return _attack(lab, f"""
-        import os as _os, subprocess as _sp, sys as _sys
-        _sp.Popen([_sys.executable, "-c", "import os, time; os.setsid(); time.sleep(60)", {tag!r}], close_fds=False)
-        _pid = _os.fork()
-        if _pid == 0:
-            _os.setsid()
-            if _os.fork() == 0:
-                _os.closerange(0, 4096)
-                _os.execv(_sys.executable, [_sys.executable, "-c", "import time; time.sleep(60)", {tag!r}])
-            _os._exit(0)
-        _os.waitpid(_pid, 0)
-    """, base="solution")
-
-
-def _trespass(lab, outside: Path) -> str:
-    """Write outside its folder, overwrite the lab's solution, and run the solution read from disk."""
-    return _attack(lab, f"""
-        from pathlib import Path as _Path
-        for _target in [{str(outside / "owned.txt")!r}, {str(lab.solution)!r}, {str(lab.tests / "test_extra.py")!r}]:
-            try:
-                _Path(_target).write_text("# owned\\n")
-            except OSError:
-                pass
-        try:
-            exec(compile(_Path({str(lab.solution)!r}).read_text(), "solution", "exec"))
-        except OSError:
-            pass
-    """)
-
-
-def _hog_memory(lab) -> str:
-    return _attack(lab, """
-        _hoard = bytearray(2 << 30)
-    """)
-
-
-def _fork_bomb(lab, tag: str) -> str:
-    """Start up to 200 processes; each sleeps a bounded time. Exits with how many it got."""
-    return _attack(lab, f"""
-        import os as _os, sys as _sys
-        _started = 0
-        for _ in range(200):
-            try:
-                _pid = _os.fork()
-            except OSError:
-                break
-            if _pid == 0:
-                _os.execv(_sys.executable, [_sys.executable, "-c", "import time; time.sleep(30)", {tag!r}])
-            _started += 1
-        raise SystemExit(f"started {{_started}} processes")
-    """)
-
-
-def _write(folder: Path, name: str, source: str) -> Path:
-    path = folder / f"{name}.py"
-    path.write_text(source)
-    return path
-
-
 @needs_namespaces
-def test_hostile_submissions_score_nothing_change_nothing_and_leave_nothing(lab_copy, tmp_path: Path, marker) -> None:
+def test_hostile_submissions_score_nothing_change_nothing_and_leave_nothing(lab_copy, arena: Path, tmp_path: Path,
+                                                                           marker) -> None:
     lab = lab_copy
     subs = tmp_path / "subs"
     subs.mkdir()
-    outside = tmp_path / "outside"
+    outside = arena / "outside"
     outside.mkdir()
+    os.chmod(outside, 0o777)  # anyone may write here: only the read-only mounts stop the submission
     solution_before = lab.solution.read_text()
-    touched_starter = lab.starter.read_text() + "\n# started, not finished\n"
-    _write(subs, "a_honest_before", touched_starter)
-    _write(subs, "forge_fd", _forge_through_descriptors(lab))
-    _write(subs, "replace_writer", _replace_the_writer(lab))
-    _write(subs, "plant_conftest", _plant_conftest(lab, [lab.tests, lab.root.parent]))
-    _write(subs, "escape", _escape(lab, marker))
-    _write(subs, "trespass", _trespass(lab, outside))
-    _write(subs, "hog_memory", _hog_memory(lab))
-    _write(subs, "fork_bomb", _fork_bomb(lab, marker))
-    _write(subs, "untouched", lab.starter.read_text())
-    _write(subs, "z_honest_after", touched_starter)
+    honest_source = partial(lab) + "\n# my own work, half done\n"
+    write(subs, "a_honest_before", honest_source)
+    write(subs, "forge_fd", forge_through_descriptors(lab))
+    write(subs, "replace_writer", replace_the_writer(lab))
+    write(subs, "plant_conftest", plant_conftest(lab, [lab.tests, lab.root.parent]))
+    write(subs, "escape", escape(lab, marker))
+    write(subs, "trespass", trespass(lab, outside))
+    write(subs, "hog_memory", hog_memory(lab))
+    write(subs, "fork_bomb", fork_bomb(lab, marker))
+    write(subs, "untouched", lab.starter.read_text())
+    write(subs, "z_honest_after", honest_source)
     nobody_before = _nobody_processes()
 
     results = grade_folder(lab, subs, jobs=2, timeout=30, progress=False, limits=TIGHT)
@@ -203,18 +75,18 @@ def test_hostile_submissions_score_nothing_change_nothing_and_leave_nothing(lab_
     score = {name: r.score for name, r in results.items()}
     full = results["escape"].max_score
     honest = score["a_honest_before"]
-    assert honest < full
+    assert 0 < honest < full
 
     # Forged scores: refused, or no more than the starter underneath earns.
     assert status["forge_fd"] == "tampered" and score["forge_fd"] == 0, results["forge_fd"].detail
     assert status["replace_writer"] == "tampered" and score["replace_writer"] == 0
-    assert "_write" in results["replace_writer"].detail
+    assert "write" in results["replace_writer"].detail
     assert score["plant_conftest"] == honest
     assert score["z_honest_after"] == honest                       # graded after the planter: unchanged
     assert not list(lab.root.parent.rglob("conftest.py"))
     # Escapes: the run finished normally and took its processes with it.
     assert status["escape"] == "ok" and score["escape"] == full
-    assert _carrying(marker) == []
+    assert carrying(marker) == []
     assert _nobody_processes() <= nobody_before
     # Trespass: nothing written outside, the solution untouched and unreadable from inside.
     assert list(outside.iterdir()) == [] and lab.solution.read_text() == solution_before
@@ -237,12 +109,12 @@ def _nobody_processes() -> set[int]:
 @needs_namespaces
 def test_limits_apply_to_a_single_check(lab_copy, tmp_path: Path, marker) -> None:
     """`lab check` goes through the same box: the memory limit holds and the escape leaves nothing."""
-    hog = _write(tmp_path, "hog", _hog_memory(lab_copy))
+    hog = write(tmp_path, "hog", hog_memory(lab_copy))
     result = grade(lab_copy, hog, timeout=30, limits=TIGHT)
     assert result.status == "import-error" and "MemoryError" in result.detail and result.score == 0
-    escape = _write(tmp_path, "escape", _escape(lab_copy, marker))
-    result = grade(lab_copy, escape, timeout=30, limits=TIGHT)
-    assert result.full_marks and _carrying(marker) == []
+    escaping = write(tmp_path, "escape", escape(lab_copy, marker))
+    result = grade(lab_copy, escaping, timeout=30, limits=TIGHT)
+    assert result.full_marks and carrying(marker) == []
 
 
 def test_rlimits_fallback_still_grades_and_refuses_forgeries(lab_copy, tmp_path: Path, monkeypatch) -> None:
@@ -254,8 +126,8 @@ def test_rlimits_fallback_still_grades_and_refuses_forgeries(lab_copy, tmp_path:
         solved = grade(lab_copy, lab_copy.solution, timeout=60, limits=TIGHT)
     assert solved.full_marks
     with pytest.warns(grading.SandboxWarning):
-        hog = grade(lab_copy, _write(tmp_path, "hog", _hog_memory(lab_copy)), timeout=30, limits=TIGHT)
-        forged = grade(lab_copy, _write(tmp_path, "forge", _forge_through_descriptors(lab_copy)), timeout=30,
+        hog = grade(lab_copy, write(tmp_path, "hog", hog_memory(lab_copy)), timeout=30, limits=TIGHT)
+        forged = grade(lab_copy, write(tmp_path, "forge", forge_through_descriptors(lab_copy)), timeout=30,
                        limits=TIGHT)
     assert hog.status == "import-error" and "MemoryError" in hog.detail
     assert forged.status == "tampered" and forged.score == 0

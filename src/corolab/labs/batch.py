@@ -68,7 +68,8 @@ def write_csv(results: dict[str, LabResult], path: Path) -> None:
     names = [t.name for t in next(iter(results.values())).tests]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["student", "status", *names, "total", "max"])
+        writer.writerow(["student", "status", *names, "total", "max", "seconds"])
         for student, result in results.items():
             points = {t.name: t.points for t in result.tests}
-            writer.writerow([student, result.status, *(points[n] for n in names), result.score, result.max_score])
+            writer.writerow([student, result.status, *(points[n] for n in names), result.score, result.max_score,
+                             f"{result.elapsed:.1f}"])
