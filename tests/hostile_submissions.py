@@ -101,7 +101,7 @@ def plant_conftest(lab, tests_dirs: list[Path]) -> str:
     """)
 
 
-def escape(lab, tag: str, seconds: int = 60) -> str:
+def escape(lab, tag: str, seconds: int = 60, then_hang: bool = False) -> str:
     """A grandchild in its own session that keeps the inherited descriptors, and one that closes them.
 
     Each would outlive its grading by ``seconds`` if nothing killed it (bounded, so a broken sandbox
@@ -117,6 +117,8 @@ def escape(lab, tag: str, seconds: int = 60) -> str:
                 _os.execv(_sys.executable, [_sys.executable, "-c", "import time; time.sleep({seconds})", {tag!r}])
             _os._exit(0)
         _os.waitpid(_pid, 0)
+        while {then_hang!r}:
+            pass
     """, base="solution")
 
 

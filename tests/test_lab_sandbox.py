@@ -115,6 +115,9 @@ def test_limits_apply_to_a_single_check(lab_copy, tmp_path: Path, marker) -> Non
     escaping = write(tmp_path, "escape", escape(lab_copy, marker))
     result = grade(lab_copy, escaping, timeout=30, limits=TIGHT)
     assert result.full_marks and carrying(marker) == []
+    hanging = write(tmp_path, "escape_and_hang", escape(lab_copy, marker, then_hang=True))
+    result = grade(lab_copy, hanging, timeout=5, limits=TIGHT)  # killed on time: its grandchildren go too
+    assert result.status == "timeout" and result.score == 0 and carrying(marker) == []
 
 
 def test_rlimits_fallback_still_grades_and_refuses_forgeries(lab_copy, tmp_path: Path, monkeypatch) -> None:

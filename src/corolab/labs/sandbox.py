@@ -314,6 +314,13 @@ def run_boxed(spec: Spec, spec_path: Path, timeout: float, output: int | None,
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # The launcher answers SIGTERM by killing process 1 of the box and returns once the kernel has
+        # taken the whole namespace down; so when it has exited, nothing of the submission is left.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
         return None
     finally:
         _kill_session(proc)
