@@ -38,7 +38,7 @@ def _make_writer() -> Callable[[dict], None]:
     with os.fdopen(int(key_fd), "rb") as f:
         key = f.read()
     out = int(fd)
-    state = {"seq": 0, "pid": os.getpid()}
+    state = {"seq": 0}
 
     def write(record: dict) -> None:
         body = dict(record, seq=state["seq"], pid=os.getpid())
@@ -54,7 +54,8 @@ _emit = _make_writer()
 
 
 def _write(record: dict) -> None:
-    """Kept for readers of older labs; the hooks below write through ``_emit`` captured at import."""
+    """The writer's old name, kept: the hooks write through ``_emit`` as captured at import, so a
+    submission that replaces this changes no record, and the session end reports the replacement."""
     _emit(record)
 
 

@@ -274,9 +274,13 @@ def probe() -> str:
         scratch.mkdir()
         if os.geteuid() == 0:
             os.chown(scratch, NOBODY, NOBODY)
-        spec = Spec(argv=[sys.executable, "-c", "import sys; print(sys.version_info[0])"],
+        hidden = Path(tmp) / "hidden"
+        hidden.mkdir()
+        (hidden / "secret").touch()
+        check = "import os, sys; sys.exit(os.path.exists(sys.argv[1]))"  # every step of a real run, tried
+        spec = Spec(argv=[sys.executable, "-c", check, str(hidden / "secret")],
                     env={"PATH": "/usr/bin:/bin"}, cwd=str(scratch), writable=[str(scratch)],
-                    reachable=interpreter_paths())
+                    hidden=[str(hidden)], reachable=interpreter_paths())
         try:
             proc = run_boxed(spec, Path(tmp) / "spec.json", timeout=60, output=None)
         except (OSError, subprocess.SubprocessError):
