@@ -19,7 +19,7 @@ from corolab.labs import get_lab, grade
 from corolab.labs.batch import grade_folder
 from corolab.labs.registry import load_lab
 from corolab.labs.sandbox import NOBODY, Limits, probe
-from hostile_submissions import (carrying, escape, forge_through_descriptors, fork_bomb, hog_memory, marker,  # noqa: F401
+from hostile_submissions import (attack, carrying, escape, forge_through_descriptors, fork_bomb, hog_memory, marker,  # noqa: F401
                                  partial, plant_conftest, replace_the_writer, trespass, write)
 
 FULL_SANDBOX = probe() == "namespaces"
@@ -118,6 +118,22 @@ def test_limits_apply_to_a_single_check(lab_copy, tmp_path: Path, marker) -> Non
     hanging = write(tmp_path, "escape_and_hang", escape(lab_copy, marker, then_hang=True))
     result = grade(lab_copy, hanging, timeout=5, limits=TIGHT)  # killed on time: its grandchildren go too
     assert result.status == "timeout" and result.score == 0 and carrying(marker) == []
+
+
+@needs_namespaces
+def test_the_submission_sees_a_clean_environment_and_no_privileges(lab_copy, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GRADER_SECRET_TOKEN", "hunter2")
+    monkeypatch.setenv("COROLAB_RESULTS", str(tmp_path / "results.jsonl"))
+    spy = write(tmp_path, "spy", attack(lab_copy, """
+        import os as _os
+        raise SystemExit(f"uid={_os.getuid()} env={sorted(_os.environ)}")
+    """))
+    detail = grade(lab_copy, spy, timeout=30, limits=TIGHT).detail
+    names = set(detail.split("env=")[1].strip("[]").replace("'", "").split(", "))
+    assert names <= {"PATH", "LANG", "HOME", "TMPDIR", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED",
+                     "COROLAB_STUDENT", "COROLAB_STUDENT_MODULE", "PYTEST_CURRENT_TEST", "PYTEST_VERSION"}, names
+    if os.geteuid() == 0:
+        assert f"uid={NOBODY}" in detail
 
 
 def test_rlimits_fallback_still_grades_and_refuses_forgeries(lab_copy, tmp_path: Path, monkeypatch) -> None:
