@@ -2,9 +2,9 @@
 
 Why this exists: a lab submission is code we did not write, run by the grader with the grader's rights.
 It must not outlive its grading, change what later submissions are graded with, write outside its own
-folder, reach the network, or hold the machine's memory. The grader starts ``python -m
-corolab.labs.sandbox SPEC.json`` (this file's ``main``), which builds the box and then ``exec``s the
-command inside it.
+folder, reach the network, or hold the machine's memory. The grader runs this file as a script,
+``python -I sandbox.py SPEC.json`` (see :func:`run_boxed`); its ``main`` builds the box and then
+``exec``s the command inside it.
 
 Two strengths, chosen by :func:`probe` once per grader process:
 
@@ -28,10 +28,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import json
 import os
-import resource
 import signal
 import socket
 import struct
@@ -238,6 +236,8 @@ def _first_blocked(paths: list[str]) -> tuple[str, set[str]] | None:
 
 def _loopback_up() -> None:
     """Bring up ``lo`` in the new network namespace: labs talk to servers on 127.0.0.1, nothing else."""
+    import fcntl
+
     SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         ifreq = struct.pack("16sh14x", b"lo", 0)
@@ -252,11 +252,19 @@ def _drop_capabilities(libc: ctypes.CDLL) -> None:
 
 
 def _apply_limits(limits: Limits) -> None:
+    """Set every limit this system has; one it lacks or refuses (macOS and RLIMIT_AS) is skipped."""
+    import resource
+
     mb = 1024 * 1024
     for name, value in [("RLIMIT_AS", limits.memory_mb * mb), ("RLIMIT_CPU", limits.cpu_s),
                         ("RLIMIT_FSIZE", limits.file_mb * mb), ("RLIMIT_NPROC", limits.processes),
                         ("RLIMIT_NOFILE", limits.open_files), ("RLIMIT_CORE", 0)]:
-        resource.setrlimit(getattr(resource, name), (value, value))
+        if hasattr(resource, name):
+            try:
+                resource.setrlimit(getattr(resource, name), (value, value))
+            except (ValueError, OSError):
+                if sys.platform == "linux":  # here every limit must hold
+                    raise
 
 
 # -- the grader's side -------------------------------------------------------------------------------
