@@ -13,10 +13,14 @@ from pathlib import Path
 import pytest
 
 from corolab.cli import main
-from corolab.labs import all_labs, get_lab, grade
+from corolab.labs import all_labs, format_report, get_lab, grade
 from corolab.labs.batch import find_submissions, grade_folder
 from corolab.labs.grading import graded_tests
 from corolab.labs.registry import LabError
+from corolab.labs.sandbox import probe
+
+import hostile_submissions as hostile
+from hostile_submissions import marker  # noqa: F401  (a fixture)
 
 LABS = all_labs()
 
@@ -37,8 +41,12 @@ def test_solution_scores_full_marks(lab) -> None:
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
-def test_untouched_starter_does_not(lab) -> None:
-    result = grade(lab, lab.starter)
+def test_starter_does_not(lab, tmp_path: Path) -> None:
+    untouched = grade(lab, lab.starter)
+    assert untouched.status == "not-attempted" and untouched.score == 0
+    begun = tmp_path / lab.module           # one edit away from the starter: graded for real, not full marks
+    begun.write_text(lab.starter.read_text() + "\n# started\n")
+    result = grade(lab, begun)
     assert result.status == "ok"
     assert not result.full_marks
     assert result.score < result.max_score
@@ -107,6 +115,66 @@ def test_cli_check_exit_code_is_zero_only_at_full_marks(tmp_path: Path, capsys) 
     assert "does not exist" in capsys.readouterr().out
 
 
+def test_cli_check_finds_the_file_from_inside_the_lab_folder_or_given_the_folder(tmp_path: Path, capsys,
+                                                                                monkeypatch) -> None:
+    lab = get_lab(2)
+    folder = tmp_path / "corolab-labs" / lab.name
+    assert main(["lab", "start", "2", "--dir", str(folder)]) == 0
+    (folder / lab.module).write_text(lab.solution.read_text())
+    capsys.readouterr()
+    assert main(["lab", "check", "2", str(folder)]) == 0                   # given the folder
+    assert f"checking {folder / lab.module}" in capsys.readouterr().out
+    monkeypatch.chdir(folder)
+    assert main(["lab", "check", "2"]) == 0                                # run inside it
+    assert f"checking {folder / lab.module}" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    assert main(["lab", "check", "2"]) == 0                                # the default workspace
+    assert "full marks" in capsys.readouterr().out
+
+
+def test_cli_release_writes_a_student_edition_without_solutions(tmp_path: Path, capsys, monkeypatch) -> None:
+    out = tmp_path / "handout"
+    assert main(["lab", "release", str(out)]) == 0
+    for lab in LABS:
+        copy = out / lab.name
+        assert (copy / "README.md").exists() and (copy / "starter" / lab.module).exists()
+        assert not (copy / "solution").exists() and not (copy / "tests" / "mutants.toml").exists()
+    assert not [p for p in out.rglob("*") if p.is_file() and p.read_bytes() == LABS[0].solution.read_bytes()]
+    assert main(["lab", "release", str(out)]) == 2                         # not over a previous handout
+    assert "--force" in capsys.readouterr().err
+    monkeypatch.setenv("COROLAB_LABS_DIR", str(out))                       # students check against it
+    begun = tmp_path / "mine.py"
+    begun.write_text(LABS[1].starter.read_text() + "\n# started\n")
+    assert main(["lab", "check", "2", str(begun)]) == 1
+    assert "hint:" in capsys.readouterr().out
+
+
+def test_a_failure_that_follows_from_an_earlier_one_says_so(tmp_path: Path) -> None:
+    lab = get_lab(1)
+    broken = tmp_path / lab.module
+    broken.write_text("raise RuntimeError('half-typed')\n")
+    result = grade(lab, broken)
+    assert result.status == "import-error"
+    first, *rest = result.tests
+    assert "RuntimeError: half-typed" in first.message
+    assert rest and all("follows from the import error" in t.message for t in rest)
+    stuck = tmp_path / "stuck" / lab.module
+    stuck.parent.mkdir()
+    stuck.write_text(lab.solution.read_text() + "\n\ndef parse(lines):\n    while True:\n        pass\n")
+    result = grade(lab, stuck, timeout=10)
+    assert result.status == "timeout"
+    failed = [t for t in result.tests if not t.passed]
+    assert "was running when the run ended" in failed[0].message
+    assert all("follows from the earlier test" in t.message for t in failed[1:])
+
+
+def test_the_why_line_names_the_case(tmp_path: Path) -> None:
+    lab = get_lab(1)
+    variant = next(path for path in lab.write_mutants(tmp_path) if path.stem == "follow_naive")
+    report = format_report(grade(lab, variant))
+    assert "why:  with " in report and "max_idle_polls=" in report
+
+
 # -- grading a class ---------------------------------------------------------------------------------
 
 def _hostile_folder(lab, folder: Path) -> None:
@@ -142,7 +210,7 @@ def test_grading_a_hostile_folder_costs_each_submission_only_its_own_points(tmp_
     score = {name: r.score for name, r in results.items()}
     assert status["good"] == "ok" and score["good"] == full
     assert status["dana"] == "ok" and score["dana"] == full       # folder-per-student layout
-    assert status["blank"] == "ok" and score["blank"] == 0
+    assert status["blank"] == "not-attempted" and score["blank"] == 0
     assert status["loops_at_import"] == "timeout" and score["loops_at_import"] == 0
     assert status["exits"] == "import-error" and score["exits"] == 0
     assert status["syntax_error"] == "import-error" and score["syntax_error"] == 0
@@ -153,28 +221,43 @@ def test_grading_a_hostile_folder_costs_each_submission_only_its_own_points(tmp_
     assert "test_top_paths" in lost
 
 
-def test_grade_thirty_submissions_to_csv(tmp_path: Path, capsys) -> None:
+def test_grade_a_class_of_thirty_with_three_hostile_submissions_to_csv(tmp_path: Path, capsys, marker) -> None:
+    """27 honest submissions and 3 hostile ones (a forger, a conftest planter, and one whose grandchildren
+    would outlive it by ten minutes): each hostile one costs at most its own timeout, and only itself."""
     lab = get_lab(2)
     subs = tmp_path / "subs"
     subs.mkdir()
     sources = [lab.solution, lab.starter, *lab.write_mutants(tmp_path / "mutants")]
     expected = {}
     catalogue_total = sum(points for points, _ in graded_tests(lab).values())
-    for i in range(30):
+    for i in range(27):
         source = sources[i % len(sources)]
         shutil.copyfile(source, subs / f"student{i:02d}.py")
         expected[f"student{i:02d}"] = source
+    hostile.write(subs, "student27", hostile.forge_through_descriptors(lab))
+    hostile.write(subs, "student28", hostile.plant_conftest(lab, []))   # its own copy only: never the repository
+    hostile.write(subs, "student29", hostile.escape(lab, marker, seconds=600))
+    timeout = 30
     out_csv = tmp_path / "grades.csv"
-    assert main(["lab", "grade", "2", str(subs), "--csv", str(out_csv), "--jobs", "2"]) == 0
-    rows = list(csv.DictReader(out_csv.open()))
+    assert main(["lab", "grade", "2", str(subs), "--csv", str(out_csv), "--jobs", "2", "--timeout", str(timeout)]) == 0
+    rows = {row["student"]: row for row in csv.DictReader(out_csv.open())}
     assert len(rows) == 30
+    if probe() == "namespaces":  # with rlimits only, a process that leaves its session survives (the docs say so)
+        assert hostile.carrying(marker) == []
+    assert not (lab.tests / "conftest.py").exists()
     single = {source: grade(lab, source).score for source in sources}
-    for row in rows:
+    for name, row in rows.items():
         test_columns = [k for k in row if k.startswith("test_")]
         assert sum(int(row[k]) for k in test_columns) == int(row["total"])
         assert int(row["max"]) == catalogue_total
-        assert int(row["total"]) == single[expected[row["student"]]]
-    assert "graded 30 submissions" in capsys.readouterr().out
+        assert float(row["seconds"]) < timeout, f"{name} held the grader"
+        if name in expected:
+            assert int(row["total"]) == single[expected[name]]
+    assert rows["student27"]["status"] == "tampered" and rows["student27"]["total"] == "0"
+    assert int(rows["student28"]["total"]) == single[sources[-1]]          # the half solution it was built on
+    assert rows["student29"]["status"] == "ok" and int(rows["student29"]["total"]) == catalogue_total
+    out = capsys.readouterr().out
+    assert "graded 30 submissions" in out and "student27: tampered" in out
 
 
 def test_a_mutant_that_no_longer_matches_the_solution_is_reported(tmp_path: Path) -> None:

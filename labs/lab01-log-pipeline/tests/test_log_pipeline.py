@@ -106,7 +106,8 @@ def test_read_lines_closes_file_when_stopped_early(student, log: Path, opened) -
     assert all(f.closed for f in opened), "closing the generator must close the file"
 
 
-@points(2, hint="Start at the end of the file (f.seek(0, 2)) and yield each line appended later.")
+@points(2, hint="Start at the end of the file (f.seek(0, 2)) and yield each line appended later.",
+        params="a file holding 2 old lines, 3 lines appended one per poll, max_idle_polls=2")
 def test_follow_yields_appended_lines(student, tmp_path: Path) -> None:
     path = tmp_path / "live.log"
     path.write_text("old 1\nold 2\n")
@@ -114,7 +115,8 @@ def test_follow_yields_appended_lines(student, tmp_path: Path) -> None:
     assert got == ["new 1", "new 2", "new 3"]
 
 
-@points(2, hint="Keep the piece read so far until its newline arrives; yield the whole line once.")
+@points(2, hint="Keep the piece read so far until its newline arrives; yield the whole line once.",
+        params="one line written in 3 pieces over 3 polls, max_idle_polls=2")
 def test_follow_joins_lines_written_in_pieces(student, tmp_path: Path) -> None:
     path = tmp_path / "live.log"
     path.write_text("")
@@ -122,7 +124,8 @@ def test_follow_joins_lines_written_in_pieces(student, tmp_path: Path) -> None:
     assert got == ["GET /about HTTP/1.1", "next"]
 
 
-@points(1, hint="Count empty polls in a row; reset the count when a line arrives; stop at max_idle_polls.")
+@points(1, hint="Count empty polls in a row; reset the count when a line arrives; stop at max_idle_polls.",
+        params="polls write 'a', nothing, 'b'; max_idle_polls=3, so 6 polls in all")
 def test_follow_stops_after_idle_polls(student, tmp_path: Path) -> None:
     path = tmp_path / "live.log"
     path.write_text("")
@@ -139,7 +142,7 @@ def test_follow_stops_after_idle_polls(student, tmp_path: Path) -> None:
     assert len(calls) == 6
 
 
-@points(1, hint="Use `with open(...)` inside follow as well.")
+@points(1, hint="Use `with open(...)` inside follow as well.", params="closed after the first line, max_idle_polls=5")
 def test_follow_closes_file(student, tmp_path: Path, opened) -> None:
     path = tmp_path / "live.log"
     path.write_text("")

@@ -11,13 +11,13 @@ from pathlib import Path
 from corolab.labs.grading import LabResult, grade, points
 from corolab.labs.registry import Lab, LabError, all_labs, get_lab
 from corolab.labs.report import format_report
-from corolab.labs.workspace import default_workspace, start
+from corolab.labs.workspace import default_workspace, find_target, start
 
 
 def check(number: int | str, path: str | Path | None = None) -> LabResult:
     """Grade your file for lab ``number`` and print the report (path defaults to where `start` put it)."""
     lab = get_lab(number)
-    target = Path(path) if path is not None else default_workspace(lab) / lab.module
+    target = find_target(lab, Path(path) if path is not None else None)
     result = grade(lab, target)
     print(format_report(result))
     return result

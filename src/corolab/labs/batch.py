@@ -1,21 +1,24 @@
 """Grade a folder of submissions into a CSV: the instructor's end of the lab workflow.
 
 Layout: ``SUBMISSIONS/<student>.py`` or ``SUBMISSIONS/<student>/<module>.py`` (the lab's module name;
-a folder with exactly one ``.py`` file is accepted too). Each submission is graded in its own subprocess,
-several at a time.
+a folder with exactly one ``.py`` file is accepted too). Each submission is graded in its own sandbox,
+several at a time, all from one copy of the lab's tests taken before the first submission runs.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from corolab.labs.grading import LabResult, grade, graded_tests
+from corolab.labs.grading import LabResult, grade, graded_tests, snapshot_tests
 from corolab.labs.registry import Lab, LabError
+from corolab.labs.sandbox import Limits
 
 
 def find_submissions(lab: Lab, folder: Path) -> dict[str, Path]:
@@ -38,17 +41,26 @@ def find_submissions(lab: Lab, folder: Path) -> dict[str, Path]:
 
 
 def grade_folder(lab: Lab, folder: Path, jobs: int | None = None, timeout: float | None = None,
-                 progress: bool = True) -> dict[str, LabResult]:
+                 progress: bool = True, limits: Limits | None = None) -> dict[str, LabResult]:
     submissions = find_submissions(lab, folder)
     catalogue = graded_tests(lab)
     jobs = jobs or os.cpu_count() or 2
     results: dict[str, LabResult] = {}
-    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(submissions), desc=f"grading lab {lab.number:02d}",
-                                                           unit="submission", disable=not progress) as bar:
-        futures = {name: pool.submit(grade, lab, path, timeout, catalogue) for name, path in submissions.items()}
-        for name, future in futures.items():
-            results[name] = future.result()
-            bar.update(1)
+    private = Path(tempfile.mkdtemp(prefix="corolab-tests-"))
+    try:
+        tests = snapshot_tests(lab, private)
+        with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(
+                total=len(submissions), desc=f"grading lab {lab.number:02d}", unit="submission",
+                disable=not progress) as bar:
+            futures = {name: pool.submit(grade, lab, path, timeout, catalogue, limits, tests)
+                       for name, path in submissions.items()}
+            for name, future in futures.items():
+                results[name] = future.result()
+                bar.update(1)
+    finally:
+        for path in sorted(private.rglob("*"), reverse=True):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(private, ignore_errors=True)
     return results
 
 
@@ -56,7 +68,8 @@ def write_csv(results: dict[str, LabResult], path: Path) -> None:
     names = [t.name for t in next(iter(results.values())).tests]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["student", "status", *names, "total", "max"])
+        writer.writerow(["student", "status", *names, "total", "max", "seconds"])
         for student, result in results.items():
             points = {t.name: t.points for t in result.tests}
-            writer.writerow([student, result.status, *(points[n] for n in names), result.score, result.max_score])
+            writer.writerow([student, result.status, *(points[n] for n in names), result.score, result.max_score,
+                             f"{result.elapsed:.1f}"])

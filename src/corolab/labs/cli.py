@@ -1,4 +1,4 @@
-"""``corolab lab list | start | check | grade``."""
+"""``corolab lab list | start | check | grade | release``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from corolab.labs.registry import LabError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    lab = subparsers.add_parser("lab", help="classroom labs: list, start, check, grade")
+    lab = subparsers.add_parser("lab", help="classroom labs: list, start, check, grade, release")
     sub = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
 
     sub.add_parser("list", help="the labs and their chapters").set_defaults(func=_list)
@@ -23,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("check", help="run the graded tests on your file (exit 0 only at full marks)")
     p.add_argument("number")
-    p.add_argument("path", nargs="?", type=Path, default=None)
+    p.add_argument("path", nargs="?", type=Path, default=None,
+                   help="your file, or its folder (default: the lab's file here, else in ./corolab-labs/labNN-slug)")
     p.add_argument("--timeout", type=float, default=None)
     p.set_defaults(func=_check)
 
@@ -34,6 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=None, help="seconds per submission (default: the lab's)")
     p.add_argument("--jobs", type=int, default=None, help="submissions graded at once (default: CPU count)")
     p.set_defaults(func=_grade)
+
+    p = sub.add_parser("release", help="write the student edition of the labs (no solutions) to hand out")
+    p.add_argument("target", type=Path)
+    p.add_argument("numbers", nargs="*", help="which labs (default: all)")
+    p.add_argument("--force", action="store_true", help="replace labs already in TARGET")
+    p.set_defaults(func=_release)
 
 
 def _guarded(fn):  # type: ignore[no-untyped-def]
@@ -76,11 +83,10 @@ def _check(args: argparse.Namespace) -> int:
     from corolab.labs.grading import grade
     from corolab.labs.registry import get_lab
     from corolab.labs.report import format_report
-    from corolab.labs.workspace import default_workspace
+    from corolab.labs.workspace import find_target
 
     lab = get_lab(args.number)
-    path = args.path or default_workspace(lab) / lab.module
-    result = grade(lab, path, args.timeout)
+    result = grade(lab, find_target(lab, args.path), args.timeout)
     print(format_report(result))
     return 0 if result.full_marks else 1
 
@@ -98,8 +104,20 @@ def _grade(args: argparse.Namespace) -> int:
     write_csv(results, args.csv)
     elapsed = time.perf_counter() - started
     full = sum(r.full_marks for r in results.values())
-    problems = {s: r.status for s, r in results.items() if r.status != "ok"}
+    problems = {s: r for s, r in results.items() if r.status != "ok"}
     print(f"graded {len(results)} submissions in {elapsed:.1f} s: {full} at full marks; CSV: {args.csv}")
-    for student, status in problems.items():
-        print(f"  {student}: {status}")
+    for student, result in problems.items():
+        print(f"  {student}: {result.status}" + (f" ({result.detail})" if result.status == "tampered" else ""))
+    return 0
+
+
+@_guarded
+def _release(args: argparse.Namespace) -> int:
+    from corolab.labs.registry import all_labs, get_lab
+    from corolab.labs.release import release
+
+    labs = [get_lab(n) for n in args.numbers] if args.numbers else all_labs()
+    for folder in release(labs, args.target, args.force):
+        print(f"wrote {folder} (task, starter, graded tests; no solution)")
+    print(f"Hand out {args.target}; students set COROLAB_LABS_DIR={args.target} to check their work against it.")
     return 0

@@ -28,6 +28,7 @@ class Lab:
     module: str          # the file students edit, e.g. "log_pipeline.py"
     timeout: float       # seconds one submission may run under the grader
     root: Path
+    memory_mb: int = 1024  # address space each of its processes may reserve (lab.toml: memory_mb)
 
     @property
     def name(self) -> str:
@@ -117,6 +118,7 @@ def load_lab(folder: Path) -> Lab:
         module=meta["module"],
         timeout=float(meta.get("timeout", 60)),
         root=folder,
+        memory_mb=int(meta.get("memory_mb", 1024)),
     )
 
 

@@ -9,6 +9,8 @@ _STATUS_NOTE = {
     "crash": "the test process died (os._exit, a crash, or a killed interpreter)",
     "import-error": "your file could not be imported",
     "missing": "the file to check does not exist",
+    "not-attempted": "not attempted",
+    "tampered": "refused: the results of this run cannot be trusted, so it scores 0",
 }
 
 
@@ -24,6 +26,7 @@ def format_report(result: LabResult) -> str:
         if not test.passed:
             lines.append(f"        hint: {test.hint}")
             if test.message:
-                lines.append(f"        why:  {test.message}")
+                where = f"with {test.params}: " if test.params else ""
+                lines.append(f"        why:  {where}{test.message}")
     lines += ["", f"score: {result.score}/{result.max_score}" + ("  full marks!" if result.full_marks else "")]
     return "\n".join(lines)

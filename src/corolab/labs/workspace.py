@@ -22,3 +22,13 @@ def start(lab: Lab, directory: Path | None = None, force: bool = False) -> Path:
     shutil.copyfile(lab.starter, target)
     shutil.copyfile(lab.root / "README.md", target_dir / "README.md")
     return target
+
+
+def find_target(lab: Lab, path: Path | None) -> Path:
+    """The file ``lab check`` grades: the given file, the lab's file in a given folder, else the lab's file
+    in the current folder (run from inside the lab folder), else the default workspace's."""
+    if path is not None:
+        path = Path(path)
+        return path / lab.module if path.is_dir() else path
+    here = Path.cwd() / lab.module
+    return here if here.is_file() else default_workspace(lab) / lab.module
