@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,21 +24,19 @@ LIMIT = 5.0  # seconds a test may wait for anything; a passing test takes well u
 @contextlib.contextmanager
 def served(app) -> Iterator[str]:
     """Run ``app`` under uvicorn on a free port of 127.0.0.1 in a daemon thread; yield its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     started = threading.Event()
     while not server.started and thread.is_alive():
         started.wait(0.01)
+    assert server.started, "uvicorn did not start"
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(LIMIT)  # a stuck app must not hang the grader; the thread is a daemon
-        sock.close()
 
 
 def run(body: Callable[[], Awaitable[None]]) -> None:
