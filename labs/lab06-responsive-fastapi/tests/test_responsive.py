@@ -28,9 +28,11 @@ def served(app) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    started = threading.Event()
-    while not server.started and thread.is_alive():
-        started.wait(0.01)
+    pause = threading.Event()       # never set: its wait() is a sleep that reads as one
+    for _ in range(int(6 * LIMIT / 0.01)):
+        if server.started or not thread.is_alive():
+            break
+        pause.wait(0.01)
     assert server.started, "uvicorn did not start"
     try:
         yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
