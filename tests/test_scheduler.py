@@ -74,11 +74,25 @@ def test_cancel_in_the_model_frees_the_slot_and_drops_the_row_at_the_next_step()
 
 def test_a_full_queue_refuses_at_once():
     s: Scheduler[str] = Scheduler(max_batch_size=1, max_waiting=2, prefill_budget=100)
-    s.add(entry(1))
+    s.add(entry(1))                                           # takes the free slot at the next step
     s.add(entry(2))
+    s.add(entry(3))
+    with pytest.raises(QueueFullError):
+        s.add(entry(4))
+    assert [e.key for e in s.waiting] == [1, 2, 3]
+    s.plan()                                                  # 1 joins; 2 and 3 are really waiting now
+    with pytest.raises(QueueFullError):
+        s.add(entry(5))
+
+
+def test_no_queue_still_serves_free_slots():
+    """max_waiting=0: a request is refused only when it would have to wait for a slot."""
+    s: Scheduler[str] = Scheduler(max_batch_size=2, max_waiting=0, prefill_budget=100)
+    s.add(entry(1))
+    s.add(entry(2))                                           # a burst: both before the worker plans
     with pytest.raises(QueueFullError):
         s.add(entry(3))
-    assert [e.key for e in s.waiting] == [1, 2]
+    assert [e.key for e in s.plan().decode] == [1, 2]
 
 
 def test_no_request_starves():

@@ -73,8 +73,12 @@ class Scheduler(Generic[T]):
         self._withdrawn: list[Entry[T]] = []
 
     def add(self, entry: Entry[T]) -> None:
-        """Queue a request, or refuse it at once when the queue is full."""
-        if len(self.waiting) >= self.max_waiting:
+        """Queue a request, or refuse it at once when the queue is full. Requests that the next step will
+        admit (there is a free slot for each) do not count as queued: ``max_waiting=0`` refuses only
+        requests that would have to wait for a slot, and a burst faster than the worker is not refused
+        while slots are free."""
+        free = self.max_batch_size - len(self.prefilling) - len(self.running)
+        if len(self.waiting) >= self.max_waiting + max(0, free):
             raise QueueFullError(retry_after=1.0)
         self.waiting.append(entry)
 
