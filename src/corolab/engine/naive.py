@@ -2,7 +2,8 @@
 
 This is ChatGLM-6B's ``websocket_api.py`` server: a handler that calls the model directly. Each model step
 blocks the event loop, so while one reply is being generated no other request, not even ``GET /health``,
-gets a turn. Part VI measures exactly this, and the other two engines exist to fix it.
+gets a turn. The book measures exactly this (book/part6-llm-server/03-the-websocket-server-and-its-flaw.md),
+and the other two engines exist to fix it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ many prompt tokens each step may prefill.
 
 It holds no threads, no model and no clock, so a test (or a reader) can drive it step by step. The worker
 thread in :mod:`corolab.engine.batched` asks it for a :class:`StepPlan` before every model step, runs
-the plan on the backend, and reports back what finished.
+the plan on the backend, and reports back what finished. The book drives it by hand in
+book/part6-llm-server/05-continuous-batching.md.
 
 The rules, in the order :meth:`Scheduler.plan` applies them:
 

@@ -2,7 +2,8 @@
 
 The loop stays free, so requests overlap and /health answers at once. But every thread runs its own
 batch-of-one forward passes: on a CPU they compete for the same cores, and no step is shared, so total
-throughput barely grows with concurrency. That is the gap continuous batching closes.
+throughput barely grows with concurrency (book/part6-llm-server/04-a-thread-per-request.md). That is the
+gap continuous batching closes (05-continuous-batching.md).
 
 Cancelling a request cannot stop a thread from outside (Python has no such thing). Instead each thread
 checks its request's ``threading.Event`` between model steps and stops at the next one.
