@@ -125,6 +125,8 @@ async def main() -> None:
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help=f"which servers, comma-separated (default all: {','.join(SERVERS)}); "
                              "naive and batched are needed for the headline")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="corolab serve --threads (default: corolab's own default); the peers use torch's")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="model dtype for every server (default float32, what auto picks on a CPU)")
     args = parser.parse_args()
@@ -145,8 +147,9 @@ async def main() -> None:
         if engine not in servers:
             continue
         print(f"corolab serve --engine {engine}", flush=True)
+        extra = ["--threads", str(args.threads)] if args.threads else []
         async with BackgroundServer(model=None, engine=engine, args=["--max-batch-size", str(max(levels)),
-                                                                       "--dtype", args.dtype]) as server:
+                                                                       "--dtype", args.dtype, *extra]) as server:
             results[engine] = await measure(server.url, embedded.MODEL_ID, levels, args.requests, args.max_tokens,
                                             pid=server.process.pid)
     for key, continuous in (("transformers", False), ("transformers-cb", True)):
