@@ -118,6 +118,14 @@ class Engine(abc.ABC):
     def failure(self) -> str | None:
         return None
 
+    def check_ready(self) -> None:
+        """Raise :class:`EngineNotReadyError` unless the engine can take a request now. The reason stays
+        general: the failure's text is for ``/health`` and the log, not for every client."""
+        if self.failure is not None:
+            raise EngineNotReadyError("the engine has failed; see /health and the server log")
+        if not self.ready:
+            raise EngineNotReadyError("the model is still loading; try again shortly")
+
     @abc.abstractmethod
     async def start(self) -> None: ...
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from corolab.backends.base import Backend
 from corolab.config import ServeConfig
-from corolab.engine.base import Engine, EngineInfo, EngineNotReadyError, EngineStats, PromptTooLongError
+from corolab.engine.base import Engine, EngineInfo, EngineStats, PromptTooLongError
 from corolab.params import SamplingParams
 
 log = logging.getLogger("corolab.engine")
@@ -68,10 +68,7 @@ class BackendEngine(Engine):
 
     def _admit(self, prompt: list[int], params: SamplingParams) -> int:
         """The checks every engine makes before taking a request; returns its new key."""
-        if self._failure is not None:
-            raise EngineNotReadyError(f"the engine has failed ({self._failure}); restart the server")
-        if not self._ready:
-            raise EngineNotReadyError("the model is still loading; try again shortly")
+        self.check_ready()
         window = self.backend.info.context_window
         if len(prompt) + params.max_tokens > window:
             raise PromptTooLongError(f"the prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) "

@@ -10,7 +10,7 @@ The same steps for an HTTP body and a websocket frame, in order of cost:
 
 from __future__ import annotations
 
-from corolab.engine.base import EngineError, EngineNotReadyError
+from corolab.engine.base import EngineError
 from corolab.engine.handle import RequestHandle
 from corolab.params import LimitError
 from corolab.protocol import SamplingFields
@@ -25,10 +25,10 @@ MAX_CHARS_PER_TOKEN = 32
 async def admit(state: ServerState, messages: list[dict[str, str]], fields: SamplingFields) -> RequestHandle:
     """Admit one request or raise :class:`APIError` (400, 429, 503)."""
     engine = state.engine
-    if engine.failure is not None:
-        raise from_engine_error(EngineNotReadyError("the engine has failed; see /health and the server log"))
-    if not engine.ready:
-        raise from_engine_error(EngineNotReadyError("the model is still loading; try again shortly"))
+    try:
+        engine.check_ready()  # before tokenizing: a refusal should cost nothing
+    except EngineError as exc:
+        raise from_engine_error(exc) from None
     window = engine.info.context_window
     chars = sum(len(m["content"]) for m in messages)
     if chars > window * MAX_CHARS_PER_TOKEN:
