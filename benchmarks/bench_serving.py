@@ -4,6 +4,7 @@ One run, one machine, the same prompts, the same load tester (`corolab.bench`, c
 
 * `corolab serve --engine naive | threads | batched` on the embedded SmolLM2-135M-Instruct;
 * `transformers serve` on the same converted checkpoint, without and with `--continuous-batching`;
+* llama.cpp's `llama-server` on the GGUF file itself (built by `benchmarks/build_llama_server.sh`; skipped if absent);
 
 at each concurrency (default 1, 8, 32), 64 output tokens asked per request (`max_tokens`; no `ignore_eos`,
 because `transformers serve` rejects it, so all servers get identical requests and tok/s counts what each
@@ -28,10 +29,12 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -51,25 +54,57 @@ def transformers_server(model_dir: str, continuous: bool, dtype: str):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"transformers serve exited; see {log.name}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("transformers serve did not become ready")
-        yield url
+        wait_ready(proc, url, log.name, "transformers serve")
+        yield url, proc.pid
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop(proc)
         log.close()
 
 
-SERVERS = ("naive", "threads", "batched", "transformers", "transformers-cb")
+def llama_server_binary() -> str | None:
+    """llama.cpp's server as built by benchmarks/build_llama_server.sh (or one on PATH), else None."""
+    cache = Path(os.environ.get("COROLAB_CACHE", Path.home() / ".cache" / "corolab"))
+    built = cache / "bin" / "llama-server"
+    return str(built) if built.exists() else shutil.which("llama-server")
+
+
+@contextlib.contextmanager
+def llama_server(binary: str, gguf: Path, slots: int, threads: int):
+    """``llama-server`` on the embedded GGUF file itself (Q4_1 weights, llama.cpp's home ground), one slot per
+    concurrent user, 1024 tokens of context each."""
+    port = free_port()
+    cmd = [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", str(slots),
+           "-c", str(1024 * slots), "-t", str(threads), "--no-webui"]
+    log = open(f"/tmp/llama-server-{port}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, log.name, "llama-server")
+        yield url, proc.pid
+    finally:
+        stop(proc)
+        log.close()
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: str, name: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited; see {log}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"{name} did not become ready; see {log}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+SERVERS = ("naive", "threads", "batched", "transformers", "transformers-cb", "llama-server")
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
@@ -83,6 +118,12 @@ def cpu_split(before: dict[int, float], after: dict[int, float], pid: int, secon
     used = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
     loop = used.pop(pid, 0.0)
     return {"loop": loop / seconds, "model": sum(used.values()) / seconds}
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a server process and its children, in MiB (measured right after a level)."""
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
 
 
 async def fake_ceiling() -> float:
@@ -112,6 +153,7 @@ async def measure(url: str, model: str, levels: list[int], requests: int, max_to
                   "failed": s["failed"], "client_cpu": result.runs[0].client.get("client_cpu", float("nan"))}
         if pid:
             out[c].update(cpu_split(before, thread_cpu(pid), pid, seconds))
+            out[c]["rss_mib"] = rss_mib(pid)
         print(f"  c={c:3d}: {s['output_throughput']:7.1f} tok/s  TTFT p50 {s['ttft']['median'] * 1e3:7.0f} ms  "
               f"p99 {s['ttft']['p99'] * 1e3:7.0f} ms  failed {s['failed']}", flush=True)
     return out
@@ -122,13 +164,17 @@ async def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--requests", type=int, default=16, help="requests per level (at least the concurrency)")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--servers", default=",".join(SERVERS),
-                        help=f"which servers, comma-separated (default all: {','.join(SERVERS)}); "
-                             "naive and batched are needed for the headline")
+    parser.add_argument("--servers", default="naive,batched,transformers-cb,llama-server",
+                        help=f"which servers, comma-separated, from {','.join(SERVERS)} (default naive,batched,"
+                             "transformers-cb,llama-server); naive and batched are needed for the headline")
     parser.add_argument("--threads", type=int, default=None,
-                        help="corolab serve --threads (default: corolab's own default); the peers use torch's")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="model dtype for every server (default float32, what auto picks on a CPU)")
+                        help="corolab serve --threads (default: corolab's own default); llama-server gets -t "
+                             "with the same number (default: the machine's cores); transformers uses torch's")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="model dtype for corolab (default auto) and transformers serve (auto: float32)")
+    parser.add_argument("--quantize", default="auto", choices=("auto", "none", "int8"),
+                        help="corolab serve --quantize (default auto: int8 on a CPU)")
+    parser.add_argument("--no-fake-ceiling", action="store_true", help="skip the fake-model serving ceiling")
     args = parser.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -138,46 +184,69 @@ async def main() -> None:
     if not {"naive", "batched"} <= set(servers):
         parser.error("--servers must include naive and batched: the ratios are batched's over the others")
     model_dir = str(embedded.ensure_converted())
-    fake = await fake_ceiling()
-    print(f"fake backend over HTTP (corolab serve --model fake, batched, c=32, 256 tokens each): {fake:,.0f} "
-          "output tokens/s: the serving path's own ceiling (target >= 20,000)", flush=True)
-    print(f"dtype {args.dtype}, concurrency {levels}, {args.max_tokens} tokens per request", flush=True)
+    if not args.no_fake_ceiling:
+        fake = await fake_ceiling()
+        print(f"fake backend over HTTP (corolab serve --model fake, batched, c=32, 256 tokens each): {fake:,.0f} "
+              "output tokens/s: the serving path's own ceiling (target >= 20,000)", flush=True)
+    print(f"corolab --dtype {args.dtype} --quantize {args.quantize}, concurrency {levels}, "
+          f"{args.max_tokens} tokens per request", flush=True)
     results: dict[str, dict[int, dict]] = {}
     for engine in ("naive", "threads", "batched"):
         if engine not in servers:
             continue
         print(f"corolab serve --engine {engine}", flush=True)
         extra = ["--threads", str(args.threads)] if args.threads else []
-        async with BackgroundServer(model=None, engine=engine, args=["--max-batch-size", str(max(levels)),
-                                                                       "--dtype", args.dtype, *extra]) as server:
+        async with BackgroundServer(model=None, engine=engine, args=[
+                "--max-batch-size", str(max(levels)), "--dtype", args.dtype, "--quantize", args.quantize,
+                *extra]) as server:
             results[engine] = await measure(server.url, embedded.MODEL_ID, levels, args.requests, args.max_tokens,
                                             pid=server.process.pid)
+    peer_dtype = "float32" if args.dtype == "auto" else args.dtype
     for key, continuous in (("transformers", False), ("transformers-cb", True)):
         if key not in servers:
             continue
-        name = "transformers serve" + (" --continuous-batching" if continuous else "")
+        name = "transformers serve" + (" --continuous-batching" if continuous else "") + f" ({peer_dtype})"
+        if shutil.which("transformers") is None:
+            print(f"{name}: skipped, the `transformers` command is not installed", flush=True)
+            continue
         print(name, flush=True)
-        with transformers_server(model_dir, continuous, args.dtype) as url:
-            results[name] = await measure(url, model_dir, levels, args.requests, args.max_tokens)
+        with transformers_server(model_dir, continuous, peer_dtype) as (url, pid):
+            results[name] = await measure(url, model_dir, levels, args.requests, args.max_tokens, pid=pid)
+    if "llama-server" in servers:
+        binary = llama_server_binary()
+        threads = args.threads or psutil.cpu_count()
+        name = f"llama-server (Q4_1 GGUF, -t {threads})"
+        if binary is None:
+            print("llama-server: skipped, not built (bash benchmarks/build_llama_server.sh builds it, ~10 min)",
+                  flush=True)
+        else:
+            print(name, flush=True)
+            with llama_server(binary, embedded.gguf_path(), max(levels), threads) as (url, pid):
+                results[name] = await measure(url, embedded.MODEL_ID, levels, args.requests, args.max_tokens,
+                                              pid=pid)
 
     top = max(levels)
-    print("\noutput tokens/s (TTFT p50 / p99 in ms)")
-    print(f"{'server':42}" + "".join(f"{'c=' + str(c):>24}" for c in levels))
+    print("\noutput tokens/s (TTFT p50 / p99 in ms); RSS after the top level")
+    print(f"{'server':46}" + "".join(f"{'c=' + str(c):>24}" for c in levels) + f"{'RSS MiB':>9}")
     for name, by_level in results.items():
-        cells = "".join(f"{r['tok_s']:8.1f} ({r['ttft_p50'] * 1e3:5.0f}/{r['ttft_p99'] * 1e3:5.0f})" for r in by_level.values())
-        print(f"{name:42}{cells}")
+        cells = "".join(f"{r['tok_s']:8.1f} ({r['ttft_p50'] * 1e3:5.0f}/{r['ttft_p99'] * 1e3:5.0f})"
+                        for r in by_level.values())
+        print(f"{name:46}{cells}{by_level[top].get('rss_mib', float('nan')):9.0f}")
     batched, naive = results["batched"][top], results["naive"][top]
     # Where the CPU went while batched served the top level: if the model's threads had the machine and the
     # event loop and the load tester used next to nothing, serving costs nothing more and only a faster
     # model step (dtype, hardware) can raise tokens/s.
     print(f"\nCPU while batched served c={top}, in cores (this machine has {psutil.cpu_count()}): model threads "
           f"{batched['model']:.2f}, server event loop {batched['loop']:.2f}, load tester {batched['client_cpu']:.2f}")
-    print(f"\nratios at c={top}:")
-    for name, by_level in results.items():
-        if name != "batched":
-            print(f"  batched / {name}: {batched['tok_s'] / by_level[top]['tok_s']:.2f}x tok/s, "
-                  f"TTFT p99 {batched['ttft_p99'] / by_level[top]['ttft_p99']:.2f}x")
-    print(f"headline ({args.dtype}): batched / naive at c={top}: {batched['tok_s'] / naive['tok_s']:.2f}x output tokens/s")
+    for level in sorted({min(levels), top}):
+        print(f"\nratios at c={level}:")
+        mine = results["batched"][level]
+        for name, by_level in results.items():
+            if name != "batched":
+                print(f"  batched / {name}: {mine['tok_s'] / by_level[level]['tok_s']:.2f}x tok/s, "
+                      f"TTFT p99 {mine['ttft_p99'] / by_level[level]['ttft_p99']:.2f}x, "
+                      f"RSS {mine['rss_mib'] / by_level[level]['rss_mib']:.2f}x")
+    print(f"headline: batched / naive at c={top}: {batched['tok_s'] / naive['tok_s']:.2f}x output tokens/s")
 
 
 if __name__ == "__main__":

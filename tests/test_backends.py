@@ -147,19 +147,25 @@ def test_dtype_choice():
 
 @pytest.mark.model
 def test_the_model_serves_in_bfloat16_on_request(smol):
-    """bf16 on a CPU is opt-in (--dtype bfloat16): it must load, say so, and reply like the float32 model."""
+    """bf16 on a CPU is opt-in (--dtype bfloat16): it must load, say so, and reply like the float32 model.
+    (An explicit dtype other than float32 turns the CPU's int8 default off: see pick_quantization.)"""
     import torch
 
     from corolab.backends.embedded import EmbeddedBackend
 
     fast = EmbeddedBackend(dtype="bfloat16")
     fast.load()
+    exact = EmbeddedBackend(quantize="none")
+    exact.load()
     assert fast.info.dtype == "bfloat16" and next(fast.model.parameters()).dtype is torch.bfloat16
-    prompt = smol.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    assert fast.info.quantization == exact.info.quantization == "none"
+    # Not "the capital of France": there float32's top two first tokens ("The", "L") are 0.09 apart, and
+    # any rounding (bf16, int8) may flip them.
+    prompt = smol.encode_chat([{"role": "user", "content": "What is the capital of Japan?"}])
     greedy = SamplingParams(temperature=0)
     half = greedy_run(fast, fast.new_batch(), 0, prompt, greedy, 8)
-    full = greedy_run(smol, smol.new_batch(), 0, prompt, greedy, 8)
-    assert "Paris" in fast.decode(half) and "Paris" in smol.decode(full)
+    full = greedy_run(exact, exact.new_batch(), 0, prompt, greedy, 8)
+    assert "Tokyo" in fast.decode(half) and "Tokyo" in exact.decode(full)
     assert half[:2] == full[:2]  # rounding may part them later, not at the first confident tokens
 
 

@@ -16,6 +16,7 @@ class ServeConfig:
     engine: str = "batched"           # naive | threads | batched
     device: str = "auto"              # auto | cpu | cuda | mps
     dtype: str = "auto"               # auto | float32 | bfloat16 | float16
+    quantize: str = "auto"            # auto | none | int8 (auto: int8 on a CPU, none elsewhere)
     threads: int | None = None        # torch's threads for model work; None: chosen by corolab.backends.threads
     prefix_cache: bool = True         # reuse the keys/values of the opening all prompts share
     host: str = "127.0.0.1"

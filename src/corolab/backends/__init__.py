@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from corolab.backends.base import Backend
 
 
-def load_backend(model: str | None = None, *, device: str = "auto", dtype: str = "auto",
+def load_backend(model: str | None = None, *, device: str = "auto", dtype: str = "auto", quantize: str = "auto",
                  prefix_cache: bool = True, threads: int | None = None) -> Backend:
     """Return an unloaded backend (engines call ``backend.load()`` off the event loop).
 
@@ -20,7 +20,8 @@ def load_backend(model: str | None = None, *, device: str = "auto", dtype: str =
     ``"fake:0.05"`` the fake whose steps each take 50 ms, anything
     else a Hugging Face model id (from the local cache) or a local directory. ``prefix_cache`` (Hugging Face
     models) reuses the keys and values of the opening all prompts share (:mod:`corolab.backends.prefix`);
-    ``threads`` is torch's CPU threads for model work (:mod:`corolab.backends.threads`).
+    ``threads`` is torch's CPU threads for model work (:mod:`corolab.backends.threads`); ``quantize`` is
+    ``auto``, ``none`` or ``int8`` (:func:`corolab.backends.hf.pick_quantization`).
     """
     if model is not None and (model == "fake" or model.startswith("fake:")):
         from corolab.backends.fake import FakeBackend
@@ -28,9 +29,9 @@ def load_backend(model: str | None = None, *, device: str = "auto", dtype: str =
         return FakeBackend(step_delay=float(delay or 0))
     if model is None or model == "embedded":
         from corolab.backends.embedded import EmbeddedBackend
-        return EmbeddedBackend(device=device, dtype=dtype, prefix_cache=prefix_cache, threads=threads)
+        return EmbeddedBackend(device=device, dtype=dtype, quantize=quantize, prefix_cache=prefix_cache, threads=threads)
     from corolab.backends.hf import HFBackend
-    return HFBackend(model, device=device, dtype=dtype, prefix_cache=prefix_cache, threads=threads)
+    return HFBackend(model, device=device, dtype=dtype, quantize=quantize, prefix_cache=prefix_cache, threads=threads)
 
 
 __all__ = ["load_backend"]

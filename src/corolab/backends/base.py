@@ -29,6 +29,7 @@ class BackendInfo:
     backend: str          # "fake" | "hf"
     device: str = "cpu"
     dtype: str = "float32"
+    quantization: str = "none"  # "none" | "int8" (corolab.backends.quantize)
 
 
 @dataclass(frozen=True)

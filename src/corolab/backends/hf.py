@@ -55,6 +55,33 @@ def pick_dtype(dtype: str, device: str):  # -> torch.dtype
         raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
 
 
+QUANTIZE_CHOICES = ("auto", "none", "int8", "int8-nosmooth")
+
+
+def pick_quantization(quantize: str, device: str, dtype: str = "float32") -> str:
+    """``auto``: ``int8`` on a CPU in float32 (what ``--dtype auto`` picks there), ``none`` otherwise.
+
+    Why int8 by default on a CPU: it runs a decode step 2-4x faster than float32 at every batch size
+    (memory-bound at one stream, arithmetic-bound at many) and a greedy reply stays the same alone or in a batch,
+    because every row has its own activation scale and the int32 sums are exact (:mod:`corolab.backends.quantize`).
+    It costs little quality once smoothed: on float32's own greedy replies the mean loss rose 0.3%
+    (benchmarks/RESULTS.md, "Weight quantization"). ``none`` serves the model's float weights exactly.
+    On a GPU bf16 is already fast and ``torch._int_mm`` has shape limits there, so int8 is a CPU path only;
+    its scales and the layers between the matmuls compute in float32, so an explicit ``--dtype bfloat16`` or
+    ``float16`` means no int8.
+    ``int8-nosmooth`` (benchmarks only) skips the smoothing, to measure what it buys.
+    """
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"unknown --quantize {quantize!r}; use auto, none or int8")
+    if quantize == "auto":
+        return "int8" if device == "cpu" and dtype == "float32" else "none"
+    if quantize.startswith("int8") and device != "cpu":
+        raise ValueError(f"--quantize int8 runs on a CPU only; on {device} use --quantize none (bf16 is fast there)")
+    if quantize.startswith("int8") and dtype != "float32":
+        raise ValueError(f"--quantize int8 computes in float32; drop --dtype {dtype} or use --quantize none")
+    return quantize
+
+
 class StreamDecoder:
     """Incremental detokenizing by ``tokenizers.decoders.DecodeStream``: the library keeps the window of
     recent ids and holds back an incomplete UTF-8 character, as :mod:`corolab.engine.detok` does by hand."""
@@ -95,7 +122,7 @@ class HFBatch(Batch):
     def add_many(self, items: Sequence[tuple[int, Sequence[int], SamplingParams]]) -> dict[int, Outcome]:
         import torch
 
-        from corolab.backends.kvcache import empty_cache
+        from corolab.backends.kvcache import close_holes, empty_cache
         from corolab.backends.sampling import sample
 
         outcomes: dict[int, Outcome] = {}
@@ -124,9 +151,10 @@ class HFBatch(Batch):
             mask = torch.cat([mask.new_ones((len(items), shared)), mask], dim=1)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, shared:]
         with torch.inference_mode():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                        logits_to_keep=1, **{self._b.cache_kwarg: row_cache})
-        tokens = sample(out.logits[:, -1, :].float(), samplers)
+            logits = self._b.forward(ids, mask, positions, row_cache)
+        tokens = sample(logits.float(), samplers)
+        if shared:
+            row_cache, mask = close_holes(row_cache, mask)
         self._join([key for key, _, _ in items], samplers, tokens, row_cache, mask)
         outcomes.update({key: token for (key, _, _), token in zip(items, tokens)})
         return outcomes
@@ -165,13 +193,12 @@ class HFBatch(Batch):
         positions = torch.arange(chunk.start, chunk.end, device=device).unsqueeze(0)
         sampler = RowSampler(chunk.params, device) if chunk.last else None  # refuse a bad seed before the work
         with torch.inference_mode():
-            out = self._b.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                                logits_to_keep=1, **{self._b.cache_kwarg: cache})
+            logits = self._b.forward(ids, mask, positions, cache)
         if sampler is None:
             return None
         del self._pending[chunk.key]
         self._compact()
-        token = sample(out.logits[:, -1, :].float(), [sampler])[0]
+        token = sample(logits.float(), [sampler])[0]
         self._join([chunk.key], [sampler], [token], cache, mask)
         return token
 
@@ -210,9 +237,8 @@ class HFBatch(Batch):
         positions = self._mask.sum(dim=1, keepdim=True)  # real tokens so far = the new token's position
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(self._keys), 1))], dim=1)
         with torch.inference_mode():
-            out = self._b.model(input_ids=ids, attention_mask=self._mask, position_ids=positions, use_cache=True,
-                                **{self._b.cache_kwarg: self._cache})
-        tokens = sample(out.logits[:, -1, :].float(), self._samplers)
+            logits = self._b.forward(ids, self._mask, positions, self._cache)
+        tokens = sample(logits.float(), self._samplers)
         self._last = tokens
         return dict(zip(self._keys, tokens))
 
@@ -240,9 +266,13 @@ class HFBatch(Batch):
 
 
 class HFBackend(Backend):
-    def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", model_id: str | None = None,
-                 gguf_file: str | None = None, prefix_cache: bool = True, threads: int | None = None) -> None:
+    def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", quantize: str = "auto",
+                 model_id: str | None = None, gguf_file: str | None = None, prefix_cache: bool = True,
+                 threads: int | None = None) -> None:
         self.source = model
+        self.quantize_request = quantize
+        self.quantization = "none"  # what load() chose
+        self.lean = None  # a LlamaForward when the model is Llama-shaped (set by load())
         self.threads = threads
         self.prefix_cache = prefix_cache
         self.prefixes: PrefixStore | None = None  # created by load(), when prefix_cache is on
@@ -279,6 +309,7 @@ class HFBackend(Backend):
                 "Face cache; corolab does not download models."
             ) from exc
         self.model = model.to(self.device).eval()
+        self.quantization = pick_quantization(self.quantize_request, self.device, str(dtype).removeprefix("torch."))
         # transformers 5 renamed the forward argument ``past_key_values`` to ``cache``; accept both.
         self.cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         pad = self.tokenizer.pad_token_id
@@ -294,11 +325,29 @@ class HFBackend(Backend):
         self._eos = frozenset(e for e in eos if e is not None)
         window = getattr(model.config, "max_position_embeddings", None) or 2048
         self.info = replace(self.info, context_window=int(window), device=self.device,
-                            dtype=str(dtype).removeprefix("torch."))
+                            dtype=str(dtype).removeprefix("torch."), quantization=self.quantization)
         torch.set_grad_enabled(False)
+        if self.quantization != "none":
+            self._quantize()
+        from corolab.backends.llama_forward import LlamaForward, supports
+
+        self.lean = LlamaForward(self.model) if supports(self.model) else None
         if self.prefix_cache:
             self.prefixes = PrefixStore(self._prefix_kv)
-        print(f"corolab: loaded {self.info.model_id} on {self.device} ({self.info.dtype})", file=sys.stderr)
+        weights = "int8 weights, " if self.quantization != "none" else ""
+        print(f"corolab: loaded {self.info.model_id} on {self.device} ({weights}{self.info.dtype})", file=sys.stderr)
+
+    def _quantize(self) -> None:
+        """Smooth (unless asked not to) on the fixed calibration messages, then swap in int8 linear layers."""
+        import torch
+
+        from corolab.backends.quantize import CALIBRATION, quantize_linears, smooth
+
+        if self.quantization != "int8-nosmooth":
+            ids = [torch.tensor([self.encode_chat([{"role": "user", "content": text}])], device=self.device)
+                   for text in CALIBRATION]
+            smooth(self.model, ids)
+        quantize_linears(self.model)
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -340,6 +389,18 @@ class HFBackend(Backend):
     def new_batch(self) -> Batch:
         return HFBatch(self)
 
+    def forward(self, ids, mask, positions, cache):  # -> torch.Tensor
+        """Logits of each row's last position, after running ``ids`` (rows left-padded; ``mask``: 1 for a real
+        token, over the cache's columns and these) and appending their keys and values to ``cache``.
+
+        Llama-shaped models go through :class:`corolab.backends.llama_forward.LlamaForward` (the same weights,
+        a tenth of the Python); any other model through its own ``forward``."""
+        if self.lean is not None:
+            return self.lean(ids, mask, positions, cache)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **{self.cache_kwarg: cache})
+        return out.logits[:, -1, :]
+
     def _prefix_kv(self, tokens: list[int]) -> KV:
         """Keys and values of ``tokens`` alone, at positions 0.., from one forward pass at batch 1."""
         import torch
@@ -349,7 +410,6 @@ class HFBackend(Backend):
         cache = empty_cache(self.model.config.num_hidden_layers)
         ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(
-                len(tokens), device=self.device).unsqueeze(0), use_cache=True, logits_to_keep=1,
-                **{self.cache_kwarg: cache})
+            self.forward(ids, torch.ones_like(ids), torch.arange(len(tokens), device=self.device).unsqueeze(0),
+                         cache)
         return [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]

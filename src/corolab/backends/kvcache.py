@@ -86,6 +86,22 @@ def merge_rows(batch: DynamicCache, batch_mask: torch.Tensor | None, row: Dynami
     return merged, mask
 
 
+def close_holes(cache: DynamicCache, mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
+    """Move each row's real columns to the right end, in order, padding to the left.
+
+    A join with a shared prefix lays a row out as [prefix][padding][rest of its prompt]; decoding wants one
+    contiguous run of real keys per row (:mod:`corolab.backends.llama_forward` attends over it as a view).
+    A stable sort of the mask puts padding (0) before real columns (1) and keeps each group's order."""
+    order = torch.sort(mask, dim=1, stable=True).indices
+    if torch.equal(order, torch.arange(mask.shape[1], device=mask.device).expand_as(order)):
+        return cache, mask
+    out = empty_cache(len(cache.layers))
+    for src, dst in zip(cache.layers, out.layers):
+        index = order[:, None, :, None].expand(-1, src.keys.shape[1], -1, src.keys.shape[3])
+        dst.set(src.keys.gather(2, index), src.values.gather(2, index))
+    return out, mask.gather(1, order)
+
+
 def _pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
     missing = width - mask.shape[1]
     if missing <= 0:

@@ -30,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("naive", "threads", "batched"), default=d.engine)
     p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--dtype", default=d.dtype, choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--quantize", default=d.quantize, choices=("auto", "none", "int8"),
+                   help="int8: int8 weights and per-token int8 activations, 3-5x faster on a CPU, the same reply "
+                        "alone or in a batch; none: the model's float weights (default auto: int8 on a CPU)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="CPU threads for model work (default: see the README's 'Threads' section)")
     p.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         _watch_parent(args.exit_with_parent)
     try:
         config = config_from(args)
-        backend = load_backend(config.model, device=config.device, dtype=config.dtype,
+        backend = load_backend(config.model, device=config.device, dtype=config.dtype, quantize=config.quantize,
                                prefix_cache=config.prefix_cache, threads=config.threads)
         check = getattr(backend, "check", None)
         if check is not None:

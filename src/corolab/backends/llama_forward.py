@@ -1,0 +1,138 @@
+"""One forward pass of a Llama-shaped model with little Python around the matmuls.
+
+Why not ``model(...)``. At one stream an int8 decode step of SmolLM2-135M spends about 7 ms in its 211 matmuls
+and, through transformers' general forward (mask builders, attention dispatch, rotary module, output
+dataclasses), another 8 ms in some 10,000 small torch calls. This module runs the same weights, the same
+modules' parameters, through about a tenth of those calls; ``benchmarks/bench_quantize.py`` measures both.
+It serves models whose layers are Llama's (Llama, SmolLM, Mistral without sliding windows, Qwen2 without
+bias); :func:`supports` says which, and :class:`corolab.backends.hf.HFBatch` falls back to ``model(...)`` for
+any other.
+
+The KV cache is :mod:`corolab.backends.kvcache`'s (rows left-padded, a 2-D mask of real tokens), so nothing
+else changes: the same ``HFBatch`` joins and drops rows.
+
+Why attention runs row by row. A batched attention kernel sums each row's scores and values in vector lanes
+and blocks that start at column 0, so a row's left padding shifts its real keys into other lanes and the
+rounding changes: by one unit in the last place, enough to flip an int8 rounding downstream and, tens of
+tokens later, a greedy choice. Each row here attends over exactly its own real keys, the same tensor it would
+have alone, so with int8 linears (exact integer sums, per-token scales) a reply is bit-for-bit the same
+alone or in any batch. Measured, the loop costs about what one batched call does (decode at batch 32: 0.9 ms
+against 0.7-1.9 ms per layer; flash attention's per-row overhead dominates either way).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from corolab.backends.quantize import FusedPart
+
+
+def supports(model: torch.nn.Module) -> bool:
+    """Llama's layer shape, plain RoPE (no sliding window, no biases, SiLU MLP)."""
+    config = getattr(model, "config", None)
+    inner = getattr(model, "model", None)
+    if config is None or inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return False
+    if getattr(config, "model_type", "") not in ("llama", "mistral", "qwen2"):
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "attention_bias", False):
+        return False
+    if getattr(config, "mlp_bias", False):
+        return False
+    return hasattr(inner.rotary_emb, "inv_freq")
+
+
+class LlamaForward:
+    """Callable: ``(ids, mask, positions, cache) -> logits of each row's last position``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        config = model.config
+        self.model = model
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.layers = list(inner.layers)
+        self.norm = inner.norm
+        self.lm_head = model.lm_head
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        self.inv_freq = inner.rotary_emb.inv_freq.float()
+        self.rope_scale = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
+
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq  # [B, S, d/2], float32 as in transformers
+        angles = torch.cat((freqs, freqs), dim=-1)[:, None]   # [B, 1, S, d]
+        return (angles.cos() * self.rope_scale).to(dtype), (angles.sin() * self.rope_scale).to(dtype)
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+    @staticmethod
+    def _project(x: torch.Tensor, first: torch.nn.Module, *rest: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+        """Outputs of layers that share an input: one call when they are fused."""
+        if isinstance(first, FusedPart):
+            return first.group[0](x)
+        return (first(x), *(layer(x) for layer in rest))
+
+    @staticmethod
+    def _plan(mask: torch.Tensor, queries: int) -> list:
+        """Per row, what its attention reads. Decoding (one query): the row's real keys are its last ``n``
+        columns (:func:`corolab.backends.kvcache.close_holes` keeps them contiguous), so a view. Prefilling:
+        the indices of its real key columns (a shared prefix and the new tokens may have padding between
+        them), its number of real new tokens, and the causal mask between the two."""
+        lengths = mask.sum(dim=1).tolist()
+        if queries == 1:
+            return lengths
+        plans = []
+        new_real = mask[:, -queries:].sum(dim=1).tolist()
+        for row, (total, fresh) in enumerate(zip(lengths, new_real)):
+            columns = mask[row].nonzero().squeeze(1)
+            causal = (torch.arange(total, device=mask.device)[None, :]
+                      <= torch.arange(total - fresh, total, device=mask.device)[:, None])
+            plans.append((columns, fresh, causal))
+        return plans
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: list) -> torch.Tensor:
+        """Attention row by row over each row's own real keys (see the module's docstring for why)."""
+        gqa = self.kv_heads != self.heads
+        if q.shape[2] == 1:
+            width = keys.shape[2]
+            return torch.cat([
+                F.scaled_dot_product_attention(q[row:row + 1], keys[row:row + 1, :, width - n:],
+                                               values[row:row + 1, :, width - n:], enable_gqa=gqa)
+                for row, n in enumerate(plan)])
+        out = q.new_zeros(q.shape)  # padding queries: never read by a real token
+        for row, (columns, fresh, causal) in enumerate(plan):
+            if fresh == 0:
+                continue
+            out[row:row + 1, :, -fresh:] = F.scaled_dot_product_attention(
+                q[row:row + 1, :, -fresh:], keys[row:row + 1].index_select(2, columns),
+                values[row:row + 1].index_select(2, columns), attn_mask=causal, enable_gqa=gqa)
+        return out
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        batch, queries = ids.shape
+        h = self.embed(ids)
+        cos, sin = self._rope(positions, h.dtype)
+        plan = self._plan(mask, queries)
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            x = F.rms_norm(h, (h.shape[-1],), layer.input_layernorm.weight, self.eps)
+            q, k, v = self._project(x, attn.q_proj, attn.k_proj, attn.v_proj)
+            q = self._rotate(q.view(batch, queries, self.heads, self.head_dim).transpose(1, 2), cos, sin)
+            k = self._rotate(k.view(batch, queries, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+            v = v.view(batch, queries, self.kv_heads, self.head_dim).transpose(1, 2)
+            keys, values = layer_cache.update(k, v)
+            out = self._attend(q, keys, values, plan)
+            h = h + attn.o_proj(out.transpose(1, 2).reshape(batch, queries, -1))
+            x = F.rms_norm(h, (h.shape[-1],), layer.post_attention_layernorm.weight, self.eps)
+            gate, up = self._project(x, mlp.gate_proj, mlp.up_proj)
+            h = h + mlp.down_proj(F.silu(gate) * up)
+        last = F.rms_norm(h[:, -1], (h.shape[-1],), self.norm.weight, self.eps)
+        return self.lm_head(last)
