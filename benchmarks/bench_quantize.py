@@ -3,17 +3,21 @@
 Variants of the embedded SmolLM2-135M-Instruct, each loaded in this process:
 
 * ``float32``: what ``--quantize none`` serves on a CPU;
-* ``bfloat16``: ``--dtype bfloat16 --quantize none``;
+* ``float32/hf``: the same through transformers' own forward instead of ``LlamaForward`` (the Python-per-step lever);
+* ``bfloat16``: ``--dtype bfloat16`` (float weights);
 * ``int8``: int8 weights and per-token int8 activations (``corolab.backends.quantize``), without smoothing;
 * ``int8+smooth``: the same after SmoothQuant factors are folded in: what ``--quantize int8`` (the CPU default) serves;
+* ``int8+smooth/batched``: ``--attention batched``: ``LlamaForward`` with one attention call for the batch;
+* ``int8+smooth/hf``: that, through transformers' forward (batched attention: not bit-exact across batches);
 * ``ao-dynamic``: ``torch.ao.quantization.quantize_dynamic`` (fbgemm, one activation scale per batch), for reference.
 
 Speed: milliseconds per decode step of ``HFBatch`` at batch 1, 8 and 32 (best of ``--rounds`` interleaved rounds, so
-every variant sees the same machine), and the process's RSS after loading. Quality: teacher-forced on float32's own
+every variant sees the same machine), and the seconds it took to load (quantizing included). Memory is measured per
+server process in bench_serving.py (one process per variant there; here they share one). Quality: teacher-forced on float32's own
 greedy replies to held-out prompts (not the calibration text): the share of positions where the variant's top token is
 float32's, and the mean loss (nats per token) of those replies; lower is better, float32's is the floor.
 
-    python benchmarks/bench_quantize.py                 # about 3 minutes on 2 CPU cores
+    python benchmarks/bench_quantize.py                 # about 5 minutes on 2 CPU cores
     python benchmarks/bench_quantize.py --threads 2
 """
 
@@ -24,7 +28,6 @@ import gc
 import time
 import warnings
 
-import psutil
 import torch
 
 from corolab.backends import embedded
@@ -33,18 +36,29 @@ from corolab.params import SamplingParams
 
 PROMPTS = ["Tell me a story about a cat.", "What is the capital of France?", "Write a haiku about autumn.",
            "Explain recursion in one paragraph.", "List three prime numbers.", "Who wrote Hamlet?"]
-VARIANTS = ("float32", "bfloat16", "int8", "int8+smooth", "ao-dynamic")
+VARIANTS = ("float32", "float32/hf", "bfloat16", "int8", "int8+smooth", "int8+smooth/batched", "int8+smooth/hf",
+            "ao-dynamic")
 
 
 def load(variant: str) -> HFBackend:
-    dtype = "bfloat16" if variant == "bfloat16" else "float32"
-    quantize = {"int8": "int8-nosmooth", "int8+smooth": "int8"}.get(variant, "none")
+    base, _, forward = variant.partition("/")
+    dtype = "bfloat16" if base == "bfloat16" else "float32"
+    quantize = {"int8": "int8-nosmooth", "int8+smooth": "int8"}.get(base, "none")
     backend = HFBackend(str(embedded.ensure_converted()), dtype=dtype, quantize=quantize, prefix_cache=False)
     backend.load()
+    if forward == "hf":
+        backend.lean = None
+    elif forward == "batched":
+        from corolab.backends.llama_forward import LlamaForward
+
+        backend.lean = LlamaForward(backend.model, exact=False)
     if variant == "ao-dynamic":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             backend.model = torch.ao.quantization.quantize_dynamic(backend.model, {torch.nn.Linear}, dtype=torch.qint8)
+        from corolab.backends.llama_forward import LlamaForward
+
+        backend.lean = LlamaForward(backend.model)
     return backend
 
 
@@ -94,16 +108,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
     levels = (1, 8, 32)
-    process = psutil.Process()
     rss, qual, best = {}, {}, {v: {c: float("inf") for c in levels} for v in variants}
     refs = references(load("float32"), 48)
     backends = {}
     for variant in variants:
         gc.collect()
-        before = process.memory_info().rss
         started = time.perf_counter()
         backends[variant] = load(variant)
-        rss[variant] = ((process.memory_info().rss - before) / 2**20, time.perf_counter() - started)
+        rss[variant] = time.perf_counter() - started
         qual[variant] = quality(backends[variant], refs)
     for round_ in range(args.rounds):
         for c in levels:
@@ -111,11 +123,11 @@ def main() -> None:
                 best[variant][c] = min(best[variant][c], step_ms(backends[variant], c))
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
     print(f"\ntorch threads {args.threads}; ms per decode step (best of {args.rounds}), tokens/s in brackets")
-    print(f"{'variant':14}" + "".join(f"{'batch ' + str(c):>20}" for c in levels)
-          + f"{'load s':>8}{'+RSS MiB':>10}{'top-1 agree':>13}{'loss':>8}")
+    print(f"{'variant':16}" + "".join(f"{'batch ' + str(c):>20}" for c in levels)
+          + f"{'load s':>8}{'top-1 agree':>13}{'loss':>8}")
     for variant in variants:
         cells = "".join(f"{best[variant][c]:9.1f} ({c * 1e3 / best[variant][c]:6.1f})" + " " * 2 for c in levels)
-        print(f"{variant:14}{cells}{rss[variant][1]:8.1f}{rss[variant][0]:10.0f}"
+        print(f"{variant:16}{cells}{rss[variant]:8.1f}"
               f"{qual[variant][0]:13.3f}{qual[variant][1]:8.4f}")
     base = best["float32"]
     for variant in variants[1:]:

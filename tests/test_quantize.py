@@ -98,14 +98,15 @@ def test_quantized_tiny_llama_stays_close(tiny_llama):
     assert (after - before).norm() / before.norm() < 0.05
 
 
-def test_lean_forward_matches_transformers_with_padding_and_decoding(tiny_llama):
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "batched"])
+def test_lean_forward_matches_transformers_with_padding_and_decoding(tiny_llama, exact):
     """The lean pass and transformers' forward agree on a left-padded prefill and on the decode steps after
     it, through corolab's own cache."""
     from corolab.backends.kvcache import empty_cache
     from corolab.backends.llama_forward import LlamaForward, supports
 
     assert supports(tiny_llama)
-    lean = LlamaForward(tiny_llama)
+    lean = LlamaForward(tiny_llama, exact=exact)
     ids = torch.tensor([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
     positions = (mask.cumsum(1) - 1).clamp(min=0)

@@ -17,6 +17,7 @@ class ServeConfig:
     device: str = "auto"              # auto | cpu | cuda | mps
     dtype: str = "auto"               # auto | float32 | bfloat16 | float16
     quantize: str = "auto"            # auto | none | int8 (auto: int8 on a CPU, none elsewhere)
+    attention: str = "exact"          # exact: row by row, a reply is the same in any batch | batched: faster
     threads: int | None = None        # torch's threads for model work; None: chosen by corolab.backends.threads
     prefix_cache: bool = True         # reuse the keys/values of the opening all prompts share
     host: str = "127.0.0.1"
@@ -37,6 +38,8 @@ class ServeConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_waiting < 0:
             raise ValueError("--max-waiting must be at least 0")
+        if self.attention not in ("exact", "batched"):
+            raise ValueError("--attention must be exact or batched")
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be at least 1")
         return self

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def load_backend(model: str | None = None, *, device: str = "auto", dtype: str = "auto", quantize: str = "auto",
-                 prefix_cache: bool = True, threads: int | None = None) -> Backend:
+                 attention: str = "exact", prefix_cache: bool = True, threads: int | None = None) -> Backend:
     """Return an unloaded backend (engines call ``backend.load()`` off the event loop).
 
     ``model=None`` is the embedded SmolLM2-135M-Instruct, ``"fake"`` the deterministic fake,
@@ -21,7 +21,8 @@ def load_backend(model: str | None = None, *, device: str = "auto", dtype: str =
     else a Hugging Face model id (from the local cache) or a local directory. ``prefix_cache`` (Hugging Face
     models) reuses the keys and values of the opening all prompts share (:mod:`corolab.backends.prefix`);
     ``threads`` is torch's CPU threads for model work (:mod:`corolab.backends.threads`); ``quantize`` is
-    ``auto``, ``none`` or ``int8`` (:func:`corolab.backends.hf.pick_quantization`).
+    ``auto``, ``none`` or ``int8`` (:func:`corolab.backends.hf.pick_quantization`); ``attention`` is ``exact``
+    or ``batched`` (:mod:`corolab.backends.llama_forward`).
     """
     if model is not None and (model == "fake" or model.startswith("fake:")):
         from corolab.backends.fake import FakeBackend
@@ -29,9 +30,9 @@ def load_backend(model: str | None = None, *, device: str = "auto", dtype: str =
         return FakeBackend(step_delay=float(delay or 0))
     if model is None or model == "embedded":
         from corolab.backends.embedded import EmbeddedBackend
-        return EmbeddedBackend(device=device, dtype=dtype, quantize=quantize, prefix_cache=prefix_cache, threads=threads)
+        return EmbeddedBackend(device=device, dtype=dtype, quantize=quantize, attention=attention, prefix_cache=prefix_cache, threads=threads)
     from corolab.backends.hf import HFBackend
-    return HFBackend(model, device=device, dtype=dtype, quantize=quantize, prefix_cache=prefix_cache, threads=threads)
+    return HFBackend(model, device=device, dtype=dtype, quantize=quantize, attention=attention, prefix_cache=prefix_cache, threads=threads)
 
 
 __all__ = ["load_backend"]

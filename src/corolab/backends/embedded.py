@@ -125,9 +125,9 @@ class EmbeddedBackend(HFBackend):
     """The default model. Constructing it is instant; ``load()`` converts once if needed, then loads."""
 
     def __init__(self, *, device: str = "auto", dtype: str = "auto", quantize: str = "auto",
-                 prefix_cache: bool = True, threads: int | None = None) -> None:
-        super().__init__(str(converted_dir()), device=device, dtype=dtype, quantize=quantize, model_id=MODEL_ID,
-                         prefix_cache=prefix_cache, threads=threads)
+                 attention: str = "exact", prefix_cache: bool = True, threads: int | None = None) -> None:
+        super().__init__(str(converted_dir()), device=device, dtype=dtype, quantize=quantize, attention=attention,
+                         model_id=MODEL_ID, prefix_cache=prefix_cache, threads=threads)
 
     def check(self) -> None:
         """The embedded model needs its package, not a local folder: the conversion makes the folder."""

@@ -267,10 +267,13 @@ class HFBatch(Batch):
 
 class HFBackend(Backend):
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", quantize: str = "auto",
-                 model_id: str | None = None, gguf_file: str | None = None, prefix_cache: bool = True,
+                 attention: str = "exact", model_id: str | None = None, gguf_file: str | None = None, prefix_cache: bool = True,
                  threads: int | None = None) -> None:
         self.source = model
         self.quantize_request = quantize
+        if attention not in ("exact", "batched"):
+            raise ValueError(f"unknown --attention {attention!r}; use exact or batched")
+        self.attention = attention
         self.quantization = "none"  # what load() chose
         self.lean = None  # a LlamaForward when the model is Llama-shaped (set by load())
         self.threads = threads
@@ -331,7 +334,7 @@ class HFBackend(Backend):
             self._quantize()
         from corolab.backends.llama_forward import LlamaForward, supports
 
-        self.lean = LlamaForward(self.model) if supports(self.model) else None
+        self.lean = LlamaForward(self.model, exact=self.attention == "exact") if supports(self.model) else None
         if self.prefix_cache:
             self.prefixes = PrefixStore(self._prefix_kv)
         weights = "int8 weights, " if self.quantization != "none" else ""
@@ -341,13 +344,14 @@ class HFBackend(Backend):
         """Smooth (unless asked not to) on the fixed calibration messages, then swap in int8 linear layers."""
         import torch
 
-        from corolab.backends.quantize import CALIBRATION, quantize_linears, smooth
+        from corolab.backends.quantize import CALIBRATION, quantize_linears, release_file_mapping, smooth
 
         if self.quantization != "int8-nosmooth":
             ids = [torch.tensor([self.encode_chat([{"role": "user", "content": text}])], device=self.device)
                    for text in CALIBRATION]
             smooth(self.model, ids)
         quantize_linears(self.model)
+        release_file_mapping(self.model)
 
     @property
     def eos_token_ids(self) -> frozenset[int]:

@@ -16,8 +16,9 @@ and blocks that start at column 0, so a row's left padding shifts its real keys 
 rounding changes: by one unit in the last place, enough to flip an int8 rounding downstream and, tens of
 tokens later, a greedy choice. Each row here attends over exactly its own real keys, the same tensor it would
 have alone, so with int8 linears (exact integer sums, per-token scales) a reply is bit-for-bit the same
-alone or in any batch. Measured, the loop costs about what one batched call does (decode at batch 32: 0.9 ms
-against 0.7-1.9 ms per layer; flash attention's per-row overhead dominates either way).
+alone or in any batch. The loop has a price: at 32 rows a decode step takes about 1.4x as long as with one
+batched call (``benchmarks/bench_quantize.py``), so ``--attention batched`` offers that call, opt-in, for
+when speed matters more than the same reply in every batch.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def supports(model: torch.nn.Module) -> bool:
 class LlamaForward:
     """Callable: ``(ids, mask, positions, cache) -> logits of each row's last position``."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, exact: bool = True) -> None:
         config = model.config
+        self.exact = exact
         self.model = model
         inner = model.model
         self.embed = inner.embed_tokens
@@ -80,8 +82,23 @@ class LlamaForward:
             return first.group[0](x)
         return (first(x), *(layer(x) for layer in rest))
 
+    def _plan(self, mask: torch.Tensor, queries: int):
+        return self._rows_plan(mask, queries) if self.exact else self._batch_mask(mask, queries)
+
     @staticmethod
-    def _plan(mask: torch.Tensor, queries: int) -> list:
+    def _batch_mask(mask: torch.Tensor, queries: int) -> torch.Tensor:
+        """``--attention batched``: one boolean [B, 1, S, T] mask, a query sees real tokens up to itself. Every
+        query also sees itself, so a padding position (which no real token ever reads) is not NaN."""
+        real = mask.bool()[:, None, None, :]
+        if queries == 1:
+            return real
+        keys = mask.shape[1]
+        rows = torch.arange(keys - queries, keys, device=mask.device)[:, None]
+        cols = torch.arange(keys, device=mask.device)[None, :]
+        return (real & (cols <= rows)) | (cols == rows)
+
+    @staticmethod
+    def _rows_plan(mask: torch.Tensor, queries: int) -> list:
         """Per row, what its attention reads. Decoding (one query): the row's real keys are its last ``n``
         columns (:func:`corolab.backends.kvcache.close_holes` keeps them contiguous), so a view. Prefilling:
         the indices of its real key columns (a shared prefix and the new tokens may have padding between
@@ -98,11 +115,16 @@ class LlamaForward:
             plans.append((columns, fresh, causal))
         return plans
 
-    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: list) -> torch.Tensor:
-        """Attention row by row over each row's own real keys (see the module's docstring for why)."""
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan) -> torch.Tensor:
+        """Attention row by row over each row's own real keys (see the module's docstring for why), or, with
+        ``--attention batched``, one call for the whole batch under a padding mask."""
         gqa = self.kv_heads != self.heads
+        if not self.exact:
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=plan, enable_gqa=gqa)
         if q.shape[2] == 1:
             width = keys.shape[2]
+            # Four-dimensional slices, not unbind()'s 3-D views: with three dimensions SDPA takes its slow math
+            # path (measured 4x slower here, torch 2.13).
             return torch.cat([
                 F.scaled_dot_product_attention(q[row:row + 1], keys[row:row + 1, :, width - n:],
                                                values[row:row + 1, :, width - n:], enable_gqa=gqa)

@@ -33,6 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", default=d.quantize, choices=("auto", "none", "int8"),
                    help="int8: int8 weights and per-token int8 activations, 3-5x faster on a CPU, the same reply "
                         "alone or in a batch; none: the model's float weights (default auto: int8 on a CPU)")
+    p.add_argument("--attention", default=d.attention, choices=("exact", "batched"),
+                   help="exact: attention row by row, so a greedy reply is the same alone or in any batch; "
+                        "batched: one call for the batch, about 1.4x faster at 32 users, and a reply may change "
+                        "with the requests that share its steps (default exact)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="CPU threads for model work (default: see the README's 'Threads' section)")
     p.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
         backend = load_backend(config.model, device=config.device, dtype=config.dtype, quantize=config.quantize,
-                               prefix_cache=config.prefix_cache, threads=config.threads)
+                               attention=config.attention, prefix_cache=config.prefix_cache, threads=config.threads)
         check = getattr(backend, "check", None)
         if check is not None:
             check()  # a missing device or model: one line now, not a traceback from the background later
