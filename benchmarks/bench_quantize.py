@@ -123,11 +123,11 @@ def main() -> None:
                 best[variant][c] = min(best[variant][c], step_ms(backends[variant], c))
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
     print(f"\ntorch threads {args.threads}; ms per decode step (best of {args.rounds}), tokens/s in brackets")
-    print(f"{'variant':16}" + "".join(f"{'batch ' + str(c):>20}" for c in levels)
+    print(f"{'variant':20}" + "".join(f"{'batch ' + str(c):>20}" for c in levels)
           + f"{'load s':>8}{'top-1 agree':>13}{'loss':>8}")
     for variant in variants:
         cells = "".join(f"{best[variant][c]:9.1f} ({c * 1e3 / best[variant][c]:6.1f})" + " " * 2 for c in levels)
-        print(f"{variant:16}{cells}{rss[variant]:8.1f}"
+        print(f"{variant:20}{cells}{rss[variant]:8.1f}"
               f"{qual[variant][0]:13.3f}{qual[variant][1]:8.4f}")
     base = best["float32"]
     for variant in variants[1:]:

@@ -33,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -128,6 +129,28 @@ def rss_mib(pid: int) -> float:
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
 
 
+class PeakRSS:
+    """The largest resident memory a server process (and its children) had while a level ran, sampled every
+    100 ms from a thread: the figure to compare, since a server that frees its caches when idle would look
+    small afterwards, and llama-server allocates its whole KV cache up front."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, rss_mib(pid)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.1):
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, rss_mib(self.pid))
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
 async def fake_ceiling() -> float:
     """Output tokens/s of `corolab serve --model fake` over HTTP: the serving path's own cost, no model."""
     async with BackgroundServer(model="fake", engine="batched") as server:
@@ -146,6 +169,7 @@ async def measure(url: str, model: str, levels: list[int], requests: int, max_to
         await run_bench(BenchConfig(url=url, model=model, concurrency=c, requests=c, max_tokens=4, prompt_tokens=32,
                                     progress=False))
         before, started = (thread_cpu(pid) if pid else {}), time.perf_counter()
+        peak = PeakRSS(pid) if pid else None
         result = await run_bench(BenchConfig(url=url, model=model, concurrency=c, requests=max(requests, c),
                                              max_tokens=max_tokens, prompt_tokens=32, temperature=0.0,
                                              progress=False))
@@ -155,7 +179,7 @@ async def measure(url: str, model: str, levels: list[int], requests: int, max_to
                   "failed": s["failed"], "client_cpu": result.runs[0].client.get("client_cpu", float("nan"))}
         if pid:
             out[c].update(cpu_split(before, thread_cpu(pid), pid, seconds))
-            out[c]["rss_mib"] = rss_mib(pid)
+            out[c]["rss_mib"] = peak.stop()
         print(f"  c={c:3d}: {s['output_throughput']:7.1f} tok/s  TTFT p50 {s['ttft']['median'] * 1e3:7.0f} ms  "
               f"p99 {s['ttft']['p99'] * 1e3:7.0f} ms  failed {s['failed']}", flush=True)
     return out
@@ -236,7 +260,7 @@ async def main() -> None:
                                               pid=pid)
 
     top = max(levels)
-    print("\noutput tokens/s (TTFT p50 / p99 in ms); RSS after the top level")
+    print("\noutput tokens/s (TTFT p50 / p99 in ms); peak RSS during the top level")
     print(f"{'server':46}" + "".join(f"{'c=' + str(c):>24}" for c in levels) + f"{'RSS MiB':>9}")
     for name, by_level in results.items():
         cells = "".join(f"{r['tok_s']:8.1f} ({r['ttft_p50'] * 1e3:5.0f}/{r['ttft_p99'] * 1e3:5.0f})"

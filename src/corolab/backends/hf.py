@@ -295,9 +295,11 @@ class HFBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from corolab.backends.allocator import keep_freed_memory
         from corolab.backends.threads import use_threads
 
         use_threads(self.threads)
+        keep_freed_memory()
         self.device = pick_device(self.device_request)
         dtype = pick_dtype(self.dtype_request, self.device)
         extra: dict = {"local_files_only": True}  # never a download in the middle of serving
