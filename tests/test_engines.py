@@ -457,3 +457,33 @@ async def test_a_seed_the_sampler_refuses_fails_that_request_alone(smol):
         await engine.stop()
     assert isinstance(results[1], EngineError)
     assert all(isinstance(r, list) and r[-1].finish_reason for r in (results[0], results[2]))
+
+
+async def test_threads_engine_counts_a_request_finished_with_its_last_delta():
+    """Whoever reads a reply's last delta sees the engine's stats already updated. They used to be updated
+    only when the request's thread had finished cleaning up, so a reader could see a complete reply that the
+    engine still counted as running. Here the clean-up is held until the stats have been read."""
+
+    backend = FakeBackend()
+    release = threading.Event()
+    make_batch = backend.new_batch
+
+    def new_batch():
+        batch = make_batch()
+        remove = batch.remove
+
+        def held_remove(key):
+            release.wait(5)
+            remove(key)
+
+        batch.remove = held_remove
+        return batch
+
+    backend.new_batch = new_batch
+    engine = await started("threads", backend)
+    deltas = await collect(engine)
+    stats = engine.stats()
+    release.set()
+    assert deltas[-1].finish_reason == "stop"
+    assert (stats.running, stats.requests_finished) == (0, 1)
+    await engine.stop()

@@ -34,9 +34,19 @@ class ThreadsEngine(BackendEngine):
         loop = asyncio.get_running_loop()
         seq = RequestSequence(self.backend, len(prompt), params)
 
+        settled = False  # read and written on the event loop only
+
+        def settle() -> None:
+            """Count the request as finished, once: with its last delta (so whoever reads that delta sees the
+            stats already updated), or when its thread ends without one (cancelled, stopped)."""
+            nonlocal settled
+            if not settled:
+                settled = True
+                self._done(seq.completion_tokens)
+
         def post(item: Delta | BaseException, step: float | None = None) -> None:
             try:
-                loop.call_soon_threadsafe(self._post, handle, item, step)
+                loop.call_soon_threadsafe(self._post, handle, item, step, settle)
             except RuntimeError:  # the loop is gone: nobody is listening any more
                 stop.set()
 
@@ -60,7 +70,7 @@ class ThreadsEngine(BackendEngine):
                 if batch is not None:
                     batch.remove(key)
                 try:
-                    loop.call_soon_threadsafe(self._done, seq.completion_tokens)
+                    loop.call_soon_threadsafe(settle)
                 except RuntimeError:
                     pass
 
@@ -68,7 +78,9 @@ class ThreadsEngine(BackendEngine):
         threading.Thread(target=work, name=f"corolab-request-{key}", daemon=True).start()
         return handle
 
-    def _post(self, handle: RequestHandle, item: Delta | BaseException, step: float | None) -> None:
+    def _post(self, handle: RequestHandle, item: Delta | BaseException, step: float | None, settle) -> None:
+        if isinstance(item, BaseException) or item.finish_reason is not None:
+            settle()  # before the reader can see the last delta
         handle.put(item)
         if step is not None:
             self._emit_step(1, step)
