@@ -169,3 +169,18 @@ def test_int8_replies_are_bit_exact_alone_or_in_a_batch(smol):
     crowd = run([0, 1], late=2)
     assert crowd[0] == alone
     assert crowd[2] == run([2])[2][:len(crowd[2])]
+
+
+def test_lean_forward_declines_what_it_does_not_compute(tiny_llama):
+    """Dynamic RoPE scaling changes the frequencies with the length, and sliding windows hide old keys:
+    such models go through their own forward."""
+    import copy
+
+    from corolab.backends.llama_forward import supports
+
+    for attribute, value in (("rope_scaling", {"rope_type": "dynamic", "factor": 2.0}),
+                             ("sliding_window", 64), ("hidden_act", "gelu")):
+        model = copy.deepcopy(tiny_llama)
+        setattr(model.config, attribute, value)
+        assert not supports(model), attribute
+    assert not supports(torch.nn.Linear(2, 2))

@@ -30,7 +30,9 @@ from corolab.backends.quantize import FusedPart
 
 
 def supports(model: torch.nn.Module) -> bool:
-    """Llama's layer shape, plain RoPE (no sliding window, no biases, SiLU MLP)."""
+    """Llama's layer shape, a RoPE whose frequencies are fixed at load (not "dynamic" scaling, which changes
+    them with the sequence's length), no sliding window, a SiLU MLP. Biases are fine: the layers are called as
+    modules."""
     config = getattr(model, "config", None)
     inner = getattr(model, "model", None)
     if config is None or inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
@@ -39,9 +41,10 @@ def supports(model: torch.nn.Module) -> bool:
         return False
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return False
-    if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "attention_bias", False):
+    if getattr(config, "hidden_act", "silu") != "silu":
         return False
-    if getattr(config, "mlp_bias", False):
+    scaling = getattr(config, "rope_scaling", None) or {}
+    if scaling.get("rope_type", scaling.get("type", "default")) not in ("default", "linear", "llama3"):
         return False
     return hasattr(inner.rotary_emb, "inv_freq")
 
