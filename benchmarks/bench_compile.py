@@ -15,22 +15,10 @@ import warnings
 
 import torch
 
+from bench_quantize import step_ms  # the same step timing as the quantization ablation (run from any folder:
+                                    # a script's own folder is on sys.path)
 from corolab.backends.embedded import EmbeddedBackend
 from corolab.backends.llama_forward import LlamaForward
-from corolab.params import SamplingParams
-
-
-def step_ms(backend: EmbeddedBackend, rows: int, steps: int = 12) -> float:
-    batch = backend.new_batch()
-    params = SamplingParams(max_tokens=1000, temperature=0.0, ignore_eos=True)
-    batch.add_many([(k, backend.encode_chat([{"role": "user", "content": f"Tell me a story about cat {k}."}]),
-                     params) for k in range(rows)])
-    for _ in range(3):
-        batch.step()
-    started = time.perf_counter()
-    for _ in range(steps):
-        batch.step()
-    return (time.perf_counter() - started) / steps * 1e3
 
 
 def main() -> None:

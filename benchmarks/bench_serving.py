@@ -46,47 +46,42 @@ from corolab.bench import BenchConfig, run_bench
 
 
 @contextlib.contextmanager
-def transformers_server(model_dir: str, continuous: bool, dtype: str, device: str = "auto"):
+def peer_server(name: str, cmd_for_port):
+    """Start a peer server (``cmd_for_port(port)`` is its command line) in its own session, with its output in
+    /tmp/NAME-PORT.log; yield ``(url, pid)`` once /health answers 200; stop it afterwards."""
     port = free_port()
-    cmd = ["transformers", "serve", model_dir, "--port", str(port), "--host", "127.0.0.1", "--dtype", dtype]
-    if device != "auto":
-        cmd += ["--device", device]
-    if continuous:
-        cmd.append("--continuous-batching")
-    log = open(f"/tmp/transformers-serve-{port}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = open(f"/tmp/{name.replace(' ', '-')}-{port}.log", "w")
+    proc = subprocess.Popen(cmd_for_port(port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(proc, url, log.name, "transformers serve")
+        wait_ready(proc, url, log.name, name)
         yield url, proc.pid
     finally:
         stop(proc)
         log.close()
+
+
+def transformers_server(model_dir: str, continuous: bool, dtype: str, device: str = "auto"):
+    def cmd(port: int) -> list[str]:
+        args = ["transformers", "serve", model_dir, "--port", str(port), "--host", "127.0.0.1", "--dtype", dtype]
+        if device != "auto":
+            args += ["--device", device]
+        return args + (["--continuous-batching"] if continuous else [])
+    return peer_server("transformers serve", cmd)
 
 
 def llama_server_binary() -> str | None:
     """llama.cpp's server as built by benchmarks/build_llama_server.sh (or one on PATH), else None."""
-    cache = Path(os.environ.get("COROLAB_CACHE", Path.home() / ".cache" / "corolab"))
-    built = cache / "bin" / "llama-server"
+    built = embedded.cache_root() / "bin" / "llama-server"
     return str(built) if built.exists() else shutil.which("llama-server")
 
 
-@contextlib.contextmanager
 def llama_server(binary: str, gguf: Path, slots: int, threads: int):
     """``llama-server`` on the embedded GGUF file itself (Q4_1 weights, llama.cpp's home ground), one slot per
     concurrent user, 1024 tokens of context each."""
-    port = free_port()
-    cmd = [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", str(slots),
-           "-c", str(1024 * slots), "-t", str(threads), "--no-webui"]
-    log = open(f"/tmp/llama-server-{port}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url, log.name, "llama-server")
-        yield url, proc.pid
-    finally:
-        stop(proc)
-        log.close()
+    return peer_server("llama-server", lambda port: [
+        binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", str(slots),
+        "-c", str(1024 * slots), "-t", str(threads), "--no-webui"])
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log: str, name: str) -> None:

@@ -22,13 +22,26 @@ MMAP_THRESHOLD = 32 << 20   # the largest glibc accepts on 64-bit: blocks below 
 TRIM_THRESHOLD = 1 << 30    # free heap at the top is returned to the OS only beyond 1 GiB
 
 
-def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds; returns whether it applied."""
+def _glibc():
+    """The C library, where it is glibc on Linux; None elsewhere."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
-                                                                                         TRIM_THRESHOLD))
-    except (OSError, AttributeError):
-        return False
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds; returns whether it applied."""
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def return_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS now, once, after a large one-off release (loading a model)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

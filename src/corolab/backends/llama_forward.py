@@ -55,7 +55,6 @@ class LlamaForward:
     def __init__(self, model: torch.nn.Module, exact: bool = True) -> None:
         config = model.config
         self.exact = exact
-        self.model = model
         inner = model.model
         self.embed = inner.embed_tokens
         self.layers = list(inner.layers)

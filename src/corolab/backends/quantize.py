@@ -190,15 +190,13 @@ def release_file_mapping(model: torch.nn.Module) -> None:
     quantizing, the embedding alone kept the whole mapping alive, and every page the quantizer had read
     stayed resident: measured, the embedded model's process held 1,025 MiB after loading in int8 and 620 MiB
     after this (float32: 900 MiB once served)."""
-    import ctypes
     import gc
+
+    from corolab.backends.allocator import return_freed_memory
 
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.dtype.is_floating_point:
                 tensor.data = tensor.data.clone()
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed heap pages otherwise
-    except (OSError, AttributeError):
-        pass  # not glibc (macOS, musl): the OS gets the pages back later
+    return_freed_memory()
