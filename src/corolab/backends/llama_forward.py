@@ -81,7 +81,7 @@ class LlamaForward:
     def _project(x: torch.Tensor, first: torch.nn.Module, *rest: torch.nn.Module) -> tuple[torch.Tensor, ...]:
         """Outputs of layers that share an input: one call when they are fused."""
         if isinstance(first, FusedPart):
-            return first.group[0](x)
+            return first.group[0].compute(x)
         return (first(x), *(layer(x) for layer in rest))
 
     def _plan(self, mask: torch.Tensor, queries: int):

@@ -26,6 +26,8 @@ expects ``torch.compile`` to fuse its steps; these few eager ops run at 3-5x (se
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 
@@ -130,17 +132,21 @@ class FusedInt8(torch.nn.Module):
             stacked.weight.copy_(torch.cat([lin.weight for lin in linears]))
         self.linear = Int8Linear(stacked)
         self.sizes = [lin.out_features for lin in linears]
-        self._input: torch.Tensor | None = None  # held, so no other tensor can take its identity
-        self._outputs: tuple[torch.Tensor, ...] = ()
+        # Per thread: the threads engine runs several forward passes on one model at once, and a shared
+        # "last input" let one thread's q/k/v come from another's. The input is held, so no other tensor can
+        # take its identity.
+        self._last = threading.local()
+
+    def compute(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """All parts' outputs for ``x``, uncached (LlamaForward calls this once per layer)."""
+        return self.linear(x).split(self.sizes, dim=-1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if x is not self._input:
-            self._outputs = self.linear(x).split(self.sizes, dim=-1)
-            self._input = x
-        return self._outputs
-
-    def forget(self) -> None:
-        self._input, self._outputs = None, ()
+        last = self._last
+        if getattr(last, "input", None) is not x:
+            last.outputs = self.compute(x)
+            last.input = x
+        return last.outputs
 
 
 class FusedPart(torch.nn.Module):
