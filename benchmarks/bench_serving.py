@@ -102,6 +102,8 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+WARMUP_SEED = 10_000  # warm-up prompts: seeds no measured level uses (a level's seed is its concurrency)
+
 SERVERS = ("naive", "threads", "batched", "transformers", "transformers-cb", "llama-server")
 
 
@@ -161,13 +163,17 @@ async def measure(url: str, model: str, levels: list[int], requests: int, max_to
     for c in levels:
         # Warm-up, not measured: one short request per user at this concurrency, so the first batch of this
         # shape (kernels picked, buffers grown) is not charged to the measured requests. Same for every server.
+        # Its prompts, and each level's, come from their own seed: llama-server keeps each slot's last prompt
+        # and reuses any exact repeat, so repeated prompts would measure its cache, not its prefill (measured:
+        # a repeated 59-token prompt ran 1 token of prefill). Every server may still reuse the shared chat
+        # template opening, as corolab's prefix store does.
         await run_bench(BenchConfig(url=url, model=model, concurrency=c, requests=c, max_tokens=4, prompt_tokens=32,
-                                    progress=False))
+                                    seed=WARMUP_SEED + c, progress=False))
         before, started = (thread_cpu(pid) if pid else {}), time.perf_counter()
         peak = PeakRSS(pid) if pid else None
         result = await run_bench(BenchConfig(url=url, model=model, concurrency=c, requests=max(requests, c),
                                              max_tokens=max_tokens, prompt_tokens=32, temperature=0.0,
-                                             progress=False))
+                                             seed=c, progress=False))
         seconds = time.perf_counter() - started
         s = result.runs[0].summary
         out[c] = {"tok_s": s["output_throughput"], "ttft_p50": s["ttft"]["median"], "ttft_p99": s["ttft"]["p99"],

@@ -189,6 +189,40 @@ async def test_a_failed_step_fails_its_requests_not_the_engine(kind):
     await engine.stop()
 
 
+class LoadRecordingBackend(FakeBackend):
+    """Remembers which thread loaded it; optionally fails to load, as a missing checkpoint would."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        super().__init__()
+        self.error = error
+        self.loaded_by: threading.Thread | None = None
+
+    def load(self) -> None:
+        self.loaded_by = threading.current_thread()
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+async def test_the_loading_thread_is_gone_when_start_returns(kind):
+    """The model loads off the event loop, in a thread that has ended by the time the engine is ready: a
+    loader left alive keeps torch's OpenMP team alive with it, and the model's threads then sleep between ops
+    (see corolab.engine.common.load_in_passing_thread)."""
+    backend = LoadRecordingBackend()
+    engine = await started(kind, backend)
+    assert backend.loaded_by is not None and backend.loaded_by is not threading.current_thread()
+    assert not backend.loaded_by.is_alive()
+    assert text_of(await collect(engine)) == REPLY
+    await engine.stop()
+
+
+async def test_a_failed_load_is_raised_by_start():
+    engine = create_engine("batched", LoadRecordingBackend(error=FileNotFoundError("no weights here")))
+    with pytest.raises(FileNotFoundError, match="no weights here"):
+        await engine.start()
+    assert not engine.ready
+
+
 def test_unknown_engine_kind():
     with pytest.raises(ValueError, match="naive"):
         create_engine("magic", FakeBackend())

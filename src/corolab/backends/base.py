@@ -127,6 +127,12 @@ class Backend(abc.ABC):
         window-based :class:`~corolab.engine.detok.IncrementalDetokenizer` over :meth:`decode`."""
         return None
 
+    def thread_tuner(self):  # -> corolab.backends.threads.ThreadTuner | None
+        """For an engine whose one worker thread runs every step: something that picks the CPU thread count
+        from the steps' times (:class:`corolab.backends.threads.ThreadTuner`), or ``None`` when the number
+        is fixed or there is nothing to pick."""
+        return None
+
     @property
     def prefix_hits(self) -> int:
         """Prompt tokens whose prefill was skipped thanks to a cached shared prefix (for /metrics)."""

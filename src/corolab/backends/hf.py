@@ -392,6 +392,12 @@ class HFBackend(Backend):
                 f"--model {self.source}: not a local folder, and not in the local Hugging Face cache; give a "
                 "local path or an id you have downloaded (corolab never downloads models)") from None
 
+    def thread_tuner(self):  # -> ThreadTuner | None
+        """On a CPU, unless ``--threads`` fixed the number: the thread count measured while serving."""
+        from corolab.backends.threads import thread_tuner
+
+        return thread_tuner() if self.threads is None and self.device == "cpu" else None
+
     def new_batch(self) -> Batch:
         return HFBatch(self)
 

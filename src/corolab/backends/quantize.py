@@ -50,7 +50,9 @@ class Int8Linear(torch.nn.Module):
         # Not torch.linalg.vector_norm(ord=inf): the same numbers, but 12x slower at 32 rows (measured, torch 2.13).
         amax = rows.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12)
         q = (rows * (127.0 / amax)).round_().to(torch.int8)
-        out = torch._int_mm(q, self.weight_int8.t()) * (amax * self.scale)
+        # int32 sums to float first, then scale: multiplying the int32 tensor by a float one directly goes
+        # through type promotion, 4x slower at 2 threads and 30x at one (measured at 496 x 3072, torch 2.13).
+        out = torch._int_mm(q, self.weight_int8.t()).float().mul_(amax).mul_(self.scale)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)

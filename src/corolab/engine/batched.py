@@ -56,10 +56,14 @@ class BatchedEngine(BackendEngine):
                                                         self.config.prefill_budget)
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._tuner = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         await super().start()
+        # This worker runs every step, so it can measure how many CPU threads serve them best
+        # (corolab.backends.threads: every core on a quiet machine, fewer when something else wants one).
+        self._tuner = self.backend.thread_tuner()
         self._loop = asyncio.get_running_loop()
         self._stopping = False
         self._thread = threading.Thread(target=self._worker, name="corolab-batched", daemon=True)
@@ -123,6 +127,8 @@ class BatchedEngine(BackendEngine):
             batch.remove(entry.key)
             self._finished(entry.payload.seq.completion_tokens)
         out: Out = []
+        if self._tuner is not None:
+            self._tuner.before_step()
         if plan.prefill:
             chunks = [PrefillChunk(c.entry.key, c.entry.payload.prompt, c.start, c.end, c.entry.payload.params)
                       for c in plan.prefill]
@@ -149,6 +155,8 @@ class BatchedEngine(BackendEngine):
             self._deliver_threadsafe(out)
             return self.backend.new_batch()
         seconds = time.perf_counter() - started
+        if self._tuner is not None:
+            self._tuner.after_step(len(tokens), seconds)
         for entry in decoding:
             if entry.key in tokens:
                 self._accept(batch, entry, tokens[entry.key], out)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from corolab.backends.base import Backend
@@ -15,6 +16,39 @@ from corolab.engine.base import Engine, EngineInfo, EngineStats, PromptTooLongEr
 from corolab.params import SamplingParams
 
 log = logging.getLogger("corolab.engine")
+
+
+async def load_in_passing_thread(load: Callable[[], None]) -> None:
+    """Run ``load`` in a new thread and wait, without blocking the loop, until that thread has ended.
+
+    Why not ``asyncio.to_thread``: its threads live on, and so would the OpenMP thread team torch's parallel
+    loading work leaves behind in the thread. libgomp counts every team's threads, and once they outnumber
+    the cores its waiting threads stop spinning and sleep between parallel regions, so every small op pays a
+    wake-up. Measured on 2 cores with 2 torch threads, a 32-row decode step in the batched engine's worker
+    took 160 ms with the loader's team alive and 50 ms without (``benchmarks/bench_threads.py``)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():  # start() was cancelled meanwhile
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        try:
+            load()
+        except BaseException as exc:  # handed to start(), which raises it
+            loop.call_soon_threadsafe(settle, exc)
+        else:
+            loop.call_soon_threadsafe(settle, None)
+
+    thread = threading.Thread(target=run, name="corolab-load", daemon=True)
+    thread.start()
+    await done
+    await asyncio.to_thread(thread.join)  # the loader's OpenMP team ends with its thread
 
 
 class BackendEngine(Engine):
@@ -50,8 +84,9 @@ class BackendEngine(Engine):
         return self._failure
 
     async def start(self) -> None:
-        """Load the model in a worker thread: the event loop keeps answering /health meanwhile."""
-        await asyncio.to_thread(self.backend.load)
+        """Load the model off the event loop (it keeps answering /health meanwhile), in a thread that ends
+        when the model is loaded."""
+        await load_in_passing_thread(self.backend.load)
         self._ready = True
 
     async def stop(self) -> None:
