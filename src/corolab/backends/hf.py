@@ -112,6 +112,7 @@ class HFBatch(Batch):
         self._keys: list[int | None] = []  # one per cache row; None: left, row not dropped yet
         self._samplers: list = []
         self._last: list[int] = []
+        self._left: list[int] = []  # per row: how many more tokens it may generate (its cache columns to come)
         self._cache = None
         self._mask = None
         self._pending: dict[int, object] = {}  # key -> the cache of a prompt still arriving in chunks
@@ -155,7 +156,8 @@ class HFBatch(Batch):
         tokens = sample(logits.float(), samplers)
         if shared:
             row_cache, mask = close_holes(row_cache, mask)
-        self._join([key for key, _, _ in items], samplers, tokens, row_cache, mask)
+        self._join([key for key, _, _ in items], samplers, tokens, row_cache, mask,
+                   [params.max_tokens for _, _, params in items])
         outcomes.update({key: token for (key, _, _), token in zip(items, tokens)})
         return outcomes
 
@@ -199,7 +201,7 @@ class HFBatch(Batch):
         del self._pending[chunk.key]
         self._compact()
         token = sample(logits.float(), [sampler])[0]
-        self._join([chunk.key], [sampler], [token], cache, mask)
+        self._join([chunk.key], [sampler], [token], cache, mask, [chunk.params.max_tokens])
         return token
 
     def _samplers_for(self, items, outcomes: dict[int, Outcome]):
@@ -216,17 +218,26 @@ class HFBatch(Batch):
             kept.append(item)
         return kept, samplers
 
-    def _join(self, keys: list[int], samplers: list, tokens: list[int], row_cache, mask) -> None:
+    def _join(self, keys: list[int], samplers: list, tokens: list[int], row_cache, mask,
+              max_tokens: list[int]) -> None:
         from corolab.backends.kvcache import merge_rows
 
-        self._cache, self._mask = merge_rows(self._cache, self._mask, row_cache, mask)
         self._keys.extend(keys)
         self._samplers.extend(samplers)
         self._last.extend(tokens)
+        self._left.extend(max(n - 1, 0) for n in max_tokens)  # the first token is out: it came from the prefill
+        width = max(mask.shape[1], 0 if self._mask is None else self._mask.shape[1])
+        self._cache, self._mask = merge_rows(self._cache, self._mask, row_cache, mask, spare=self._spare(width))
+
+    def _spare(self, width: int) -> int:
+        """Cache columns to allocate ahead of ``width``: as many as doubling would, but no more than the
+        longest-running row may still generate (see :mod:`corolab.backends.kvcache`)."""
+        return min(max(self._left, default=0) + 1, max(64, width))
 
     def step(self) -> dict[int, int]:
         import torch
 
+        from corolab.backends.kvcache import ensure_room
         from corolab.backends.sampling import sample
 
         if not len(self):
@@ -234,12 +245,14 @@ class HFBatch(Batch):
         self._compact()
         device = self._b.device
         ids = torch.tensor(self._last, device=device).unsqueeze(1)
+        ensure_room(self._cache, 1, spare=self._spare(self._mask.shape[1]))
         positions = self._mask.sum(dim=1, keepdim=True)  # real tokens so far = the new token's position
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(self._keys), 1))], dim=1)
         with torch.inference_mode():
             logits = self._b.forward(ids, self._mask, positions, self._cache)
         tokens = sample(logits.float(), self._samplers)
         self._last = tokens
+        self._left = [max(n - 1, 0) for n in self._left]
         return dict(zip(self._keys, tokens))
 
     def remove(self, key: int) -> None:
@@ -250,7 +263,7 @@ class HFBatch(Batch):
             return
         self._keys[self._keys.index(key)] = None
         if not len(self):
-            self._keys, self._samplers, self._last = [], [], []
+            self._keys, self._samplers, self._last, self._left = [], [], [], []
             self._cache = self._mask = None
 
     def _compact(self) -> None:
@@ -259,10 +272,11 @@ class HFBatch(Batch):
         keep = [row for row, key in enumerate(self._keys) if key is not None]
         if len(keep) == len(self._keys):
             return
-        self._cache, self._mask = select_rows(self._cache, self._mask, keep)
         self._keys = [self._keys[row] for row in keep]
         self._samplers = [self._samplers[row] for row in keep]
         self._last = [self._last[row] for row in keep]
+        self._left = [self._left[row] for row in keep]
+        self._cache, self._mask = select_rows(self._cache, self._mask, keep, spare=self._spare(self._mask.shape[1]))
 
 
 class HFBackend(Backend):
