@@ -79,10 +79,21 @@ def left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([pad, t], dim=-2)
 
 
+def _release(layer: GrowableLayer) -> None:
+    """Free a layer that has just been copied into a new cache, before the next layer is copied: the old and
+    the new cache then coexist one layer at a time, not whole (at 32 rows of the embedded model, 140 MB less
+    at the peak of a join). The price: if a copy fails midway (out of memory), the old cache is lost too, and
+    its rows fail at their next step, as they would after any failed step."""
+    layer._k = layer._v = None
+    layer.keys = layer.values = None
+    layer.length = 0
+
+
 def merge_rows(batch: DynamicCache, batch_mask: torch.Tensor | None, row: DynamicCache, row_mask: torch.Tensor,
                spare: int = 64) -> tuple[DynamicCache, torch.Tensor]:
     """Append ``row``'s cache (one or more rows) to ``batch``'s, left-padding the shorter one. The new buffer
-    has room for ``spare`` more columns (the caller knows how many steps its rows may still take)."""
+    has room for ``spare`` more columns (the caller knows how many steps its rows may still take). ``batch``
+    is used up: each of its layers is freed once copied."""
     if batch_mask is None or batch_mask.shape[0] == 0:
         merged = empty_cache(len(row.layers))
         for src, dst in zip(row.layers, merged.layers):
@@ -93,6 +104,7 @@ def merge_rows(batch: DynamicCache, batch_mask: torch.Tensor | None, row: Dynami
     for old, new, dst in zip(batch.layers, row.layers, merged.layers):
         dst.set(torch.cat([left_pad(old.keys, width), left_pad(new.keys, width)]),
                 torch.cat([left_pad(old.values, width), left_pad(new.values, width)]), spare=spare)
+        _release(old)
     mask = torch.cat([_pad_mask(batch_mask, width), _pad_mask(row_mask, width)])
     return merged, mask
 
@@ -102,6 +114,7 @@ def close_holes(cache: DynamicCache, mask: torch.Tensor) -> tuple[DynamicCache, 
 
     A join with a shared prefix lays a row out as [prefix][padding][rest of its prompt]; decoding wants one
     contiguous run of real keys per row (:mod:`corolab.backends.llama_forward` attends over it as a view).
+    ``cache`` is used up, as in :func:`merge_rows`, unless it already was in order (then it is returned).
     A stable sort of the mask puts padding (0) before real columns (1) and keeps each group's order."""
     order = torch.sort(mask, dim=1, stable=True).indices
     if torch.equal(order, torch.arange(mask.shape[1], device=mask.device).expand_as(order)):
@@ -110,6 +123,7 @@ def close_holes(cache: DynamicCache, mask: torch.Tensor) -> tuple[DynamicCache, 
     for src, dst in zip(cache.layers, out.layers):
         index = order[:, None, :, None].expand(-1, src.keys.shape[1], -1, src.keys.shape[3])
         dst.set(src.keys.gather(2, index), src.values.gather(2, index))
+        _release(src)
     return out, mask.gather(1, order)
 
 
@@ -123,7 +137,7 @@ def _pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
 def select_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int], spare: int = 64
                 ) -> tuple[DynamicCache, torch.Tensor]:
     """Keep only rows ``keep``; drop leading columns that are padding in every kept row; leave room for
-    ``spare`` more columns."""
+    ``spare`` more columns. ``cache`` is used up, layer by layer, as in :func:`merge_rows`."""
     index = torch.tensor(keep, dtype=torch.long, device=mask.device)
     mask = mask[index]
     used = mask.any(dim=0).nonzero()
@@ -132,4 +146,5 @@ def select_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int], spare:
     out = empty_cache(len(cache.layers))
     for src, dst in zip(cache.layers, out.layers):
         dst.set(src.keys[index, :, start:], src.values[index, :, start:], spare=spare)  # (index_select is slow on CPU)
+        _release(src)
     return out, mask
