@@ -1,8 +1,9 @@
 """How many torch threads should `corolab serve` use? Measured on a quiet machine and on a busy one.
 
-One run: three servers on the embedded model, started once and kept (`--threads 1`, `--threads N` with
-N = all cores, and `--threads N` with `OMP_WAIT_POLICY=PASSIVE`, which makes OpenMP's idle threads sleep
-instead of spin). For each condition, quiet (nothing else running) and busy (one competing process that
+One run: four servers on the embedded model, started once and kept (`--threads 1`, `--threads N` with
+N = all cores, `--threads N` with `OMP_WAIT_POLICY=PASSIVE`, which makes OpenMP's idle threads sleep
+instead of spin, and the default, which picks between N-1 and N threads from its own step times:
+`corolab.backends.threads.ThreadTuner`). For each condition, quiet (nothing else running) and busy (one competing process that
 spins on a core, as a second user or a notebook would), every server serves the same closed-loop load
 at each concurrency, interleaved: each round measures every server at one level before the next.
 The best round counts. It prints output tokens/s per server, condition and level, then the ratios to
@@ -41,12 +42,13 @@ def competitor(busy: bool):
         proc.wait()
 
 
-def start(name: str, threads: int, passive: bool) -> BackgroundServer:
+def start(name: str, threads: int | None, passive: bool) -> BackgroundServer:
     env_before = os.environ.get("OMP_WAIT_POLICY")
     if passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by OpenMP when the server's torch starts
     try:
-        server = BackgroundServer(model=None, engine="batched", args=["--threads", str(threads)]).start()
+        args = [] if threads is None else ["--threads", str(threads)]  # None: the default, measured while serving
+        server = BackgroundServer(model=None, engine="batched", args=args).start()
     finally:
         if env_before is None:
             os.environ.pop("OMP_WAIT_POLICY", None)
@@ -71,7 +73,7 @@ async def main() -> None:
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     variants = {"threads=1": (1, False), f"threads={CORES}": (CORES, False),
-                f"threads={CORES} passive": (CORES, True)}
+                f"threads={CORES} passive": (CORES, True), "default (tuned)": (None, False)}
     servers = {name: start(name, *v) for name, v in variants.items()}
     best: dict[tuple[str, str, int], float] = {}
     try:

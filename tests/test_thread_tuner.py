@@ -1,89 +1,81 @@
-"""The thread tuner's decisions, on step times the test writes (no clock, no torch): it must keep every core
-on a quiet machine, step down within a few steps when a competitor makes every-core steps slow, come back
-when the machine is quiet again, and probe ever more rarely while the machine stays busy."""
+"""The thread tuner's decisions on a machine the test plays (its clock, the process's CPU time, the cores'
+idle time; no torch): it keeps every core while its threads get them, steps down within one window when a
+competitor starves one of them, stays down while no core is free, and comes back when one is."""
 
 from __future__ import annotations
 
 import pytest
 
-from corolab.backends.threads import ThreadTuner
+from corolab.backends.threads import ThreadTuner, machine_idle_seconds
 
 
 class Machine:
-    """Step times as a function of the thread count: ``cost[threads]`` seconds per step at ``rows`` rows."""
+    """Two cores. ``competitor``: another process spins on one of them. A step takes ``step`` seconds (a
+    power of two, so the windows' sums are exact)."""
 
-    def __init__(self, cost: dict[int, float]) -> None:
-        self.cost = dict(cost)
+    def __init__(self) -> None:
+        self.now = self.cpu = self.idle = 0.0
+        self.competitor = False
         self.applied: list[int] = []
-        self.steps: list[int] = []  # the thread count each step ran with
+        self.threads = 0
 
-    def run(self, tuner: ThreadTuner, steps: int, rows: int = 8) -> None:
+    def tuner(self, **kwargs) -> ThreadTuner:
+        return ThreadTuner(1, 2, self._apply, cpu_seconds=lambda: self.cpu, idle_seconds=lambda: self.idle,
+                           clock=lambda: self.now, **kwargs)
+
+    def _apply(self, n: int) -> None:
+        self.applied.append(n)
+        self.threads = n
+
+    def run(self, tuner: ThreadTuner, steps: int, step: float = 1 / 16) -> list[int]:
+        """The thread count each step ran with."""
+        used = []
         for _ in range(steps):
             tuner.before_step()
-            threads = self.applied[-1]
-            self.steps.append(threads)
-            tuner.after_step(rows, self.cost[threads])
-
-
-def tuner_for(machine: Machine, **kwargs) -> ThreadTuner:
-    return ThreadTuner(1, 2, machine.applied.append, **kwargs)
+            used.append(self.threads)
+            self.now += step
+            if self.threads == 2:  # spinning threads: all CPU, but a competitor takes a third of it
+                self.cpu += step * 2 * (0.66 if self.competitor else 1.0)
+            else:
+                self.cpu += step
+                self.idle += 0.0 if self.competitor else step * 0.98
+            tuner.after_step()
+        return used
 
 
 def test_a_quiet_machine_keeps_every_core():
-    quiet = Machine({1: 0.060, 2: 0.045})
-    tuner = tuner_for(quiet, probe_every=16)
-    quiet.run(tuner, 400)
-    assert tuner.current == 2
-    assert quiet.steps.count(1) < 0.1 * len(quiet.steps)  # the probes with one thread, and no more
-    assert tuner.wait > 16  # every probe lost, so they come ever more rarely
+    machine = Machine()
+    tuner = machine.tuner()
+    assert set(machine.run(tuner, 200)) == {2}
+    assert machine.applied == [2]  # applied once, not every step
 
 
-def test_a_competitor_makes_it_step_down_at_once_and_quiet_brings_it_back():
-    machine = Machine({1: 0.060, 2: 0.045})
-    tuner = tuner_for(machine, probe_every=16)
-    machine.run(tuner, 40)
-    assert tuner.current == 2
-    machine.cost[2] = 1.5  # another process now spins on one core: two threads wait for each other
-    before = len(machine.steps)
-    machine.run(tuner, 10)
-    assert tuner.current == 1
-    slow = [t for t in machine.steps[before:] if t == 2]
-    assert len(slow) <= 2, "it should step down after one slow step and a probe"
-    machine.run(tuner, 300)
-    assert tuner.current == 1
-    probes_while_busy = machine.steps[before + 10:].count(2)
-    assert probes_while_busy <= 300 // 16 // 2, "probes while busy should back off"
-    machine.cost[2] = 0.045  # the competitor left
-    machine.run(tuner, tuner.max_probe_every + 10)
-    assert tuner.current == 2
+def test_a_competitor_makes_it_step_down_within_a_window_and_a_free_core_brings_it_back():
+    machine = Machine()
+    tuner = machine.tuner(window=0.25)
+    machine.run(tuner, 20)
+    machine.competitor = True
+    used = machine.run(tuner, 100)
+    assert used.count(2) == 4, "one window: 0.25 s is 4 steps of 1/16 s"
+    assert used[-1] == 1
+    machine.competitor = False
+    used = machine.run(tuner, 20)
+    assert used[-1] == 2
+    assert used.count(1) == 8, "two windows with a core idle, then back"
 
 
-def test_more_threads_must_win_by_the_margin():
-    """Noise-sized gains do not move it to more threads: 5 % faster is not 10 % faster."""
-    machine = Machine({1: 0.050, 2: 0.0475})
-    tuner = tuner_for(machine, probe_every=8)
+def test_one_idle_window_is_not_enough_to_come_back():
+    """A competitor that pauses for a moment (one window) does not bring two threads back."""
+    machine = Machine()
+    tuner = machine.tuner(window=0.25)
     tuner.current = 1
-    machine.run(tuner, 100)
-    assert tuner.current == 1
-
-
-def test_a_probe_across_a_batch_change_decides_nothing():
-    machine = Machine({1: 0.060, 2: 0.030})
-    tuner = tuner_for(machine, probe_every=4, probe_steps=2)
-    machine.run(tuner, 4, rows=8)
-    assert tuner.probing
-    tuner.before_step()
-    tuner.after_step(8, 0.010)  # a probe step at 8 rows, impossibly fast...
-    tuner.before_step()
-    tuner.after_step(9, 0.010)  # ...and one at 9 rows: not comparable
-    assert not tuner.probing and tuner.current == 2 and tuner.switches == 0
-
-
-def test_the_thread_count_is_applied_only_when_it_changes():
-    machine = Machine({1: 0.060, 2: 0.045})
-    tuner = tuner_for(machine, probe_every=1000)
-    machine.run(tuner, 50)
-    assert machine.applied == [2]
+    machine.competitor = True
+    machine.run(tuner, 20)
+    machine.competitor = False
+    machine.run(tuner, 4)
+    machine.competitor = True
+    assert set(machine.run(tuner, 40)) == {1}
+    assert tuner.switches == 0
 
 
 def test_bad_choices_are_refused():
@@ -91,3 +83,11 @@ def test_bad_choices_are_refused():
         ThreadTuner(2, 2, print)
     with pytest.raises(ValueError):
         ThreadTuner(0, 2, print)
+
+
+def test_this_machine_reports_its_idle_time():
+    """Linux's /proc/stat is read for our cores (the tuner is off where it cannot be)."""
+    first = machine_idle_seconds()
+    if first is None:
+        pytest.skip("no /proc/stat here")
+    assert first >= 0 and machine_idle_seconds() >= first

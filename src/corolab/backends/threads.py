@@ -12,17 +12,16 @@ tokens/s of the batched server (int8), quiet / with one competing busy process:
 - 2 threads with ``OMP_WAIT_POLICY=PASSIVE``: c=1 36.2 / 54.3, c=8 116.5 / 176.3.
 
 Neither fixed number is right on a machine whose load changes, so by default the batched engine's worker
-measures (:class:`ThreadTuner`): it runs with every core, and whenever its steps say that fewer threads are
-faster (a competitor arrived), it steps down; it tries every core again from time to time, less often each
-time that loses. ``--threads N`` fixes the number instead; the naive and threads engines use
-:func:`default_threads` (every core but :data:`DEFAULT_SHARE`).
+watches (:class:`ThreadTuner`): it runs with every core while its threads get them, steps down to every
+core but one when they do not (a competitor arrived), and back up when a core sits idle again.
+``--threads N`` fixes the number instead; the naive and threads engines use :func:`default_threads` (every
+core but :data:`DEFAULT_SHARE`).
 """
 
 from __future__ import annotations
 
 import os
-import statistics
-from collections import deque
+import time
 from collections.abc import Callable
 
 #: Fixed-number engines leave this many cores to everything else on the machine (the event loop, the load
@@ -49,107 +48,101 @@ def use_threads(threads: int | None) -> int:
     return n
 
 
+CLOCK_TICKS = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+
+
+def machine_idle_seconds() -> float | None:
+    """Seconds the cores this process may use have spent idle since boot (Linux's ``/proc/stat``), or
+    ``None`` where that cannot be read. Only our cores: in a container the file lists the host's."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            lines = [line.split() for line in f if line.startswith("cpu") and not line.startswith("cpu ")]
+    except OSError:
+        return None
+    ticks = [int(f[4]) + int(f[5]) for f in lines  # idle + iowait
+             if len(f) > 5 and f[0][3:].isdigit() and (allowed is None or int(f[0][3:]) in allowed)]
+    return sum(ticks) / CLOCK_TICKS if ticks else None
+
+
 class ThreadTuner:
-    """Chooses between two thread counts, ``few`` and ``many``, from the decode steps the engine times.
+    """Chooses between ``few`` and ``many`` threads from what the machine gives the steps it times.
 
-    The engine calls :meth:`before_step` (which applies the count for the next step) and :meth:`after_step`
-    with the step's rows and seconds, all from the one thread that runs the model (torch's thread count is
-    that thread's OpenMP setting). Steps are compared only at the same number of rows: a step's cost grows
-    with its rows, and from one step to the next the batch rarely changes.
+    The engine's worker calls :meth:`before_step` (which applies the count) and :meth:`after_step` around each
+    step. Over windows of at least ``window`` seconds of steps it reads two things, no probing needed:
 
-    - It starts with ``many``. Every ``probe_every`` steps it runs ``probe_steps`` steps with the other count
-      and keeps whichever was faster: the probe's fastest step against the faster of the last two steps at
-      the same rows. A probe for more threads must win by ``margin``, so noise does not flip it. A probe
-      step slower than ``alarm`` times those ends the probe at once.
-    - A probe that loses doubles the wait before the next one (up to ``max_probe_every``), so a machine
-      that stays busy pays for a slow probe step ever more rarely. A switch resets the wait.
-    - Two steps in a row slower than ``alarm`` times the median of the last ``window`` steps (a competitor just
-      took a core) start a probe at once.
+    - with ``many``: the process's CPU time per thread per second of step. OpenMP's threads spin while they
+      wait, so it is 1.0 when each has a core; measured on 2 cores, 0.99-1.00 on a quiet machine and
+      0.62-0.68 beside one busy process, whose core our second thread then shares. Below ``busy_share``, it
+      switches to ``few``, after one window: every step with a starved thread is slow.
+    - with ``few``: how many cores sat idle while its steps ran (``/proc/stat``); measured 0.98 of a core
+      quiet and 0.00 busy. When at least ``free_share`` of the extra cores were idle for two windows in a
+      row, it switches back to ``many``.
+
+    The readers are parameters so tests can play a machine: ``cpu_seconds`` (the process's CPU time),
+    ``idle_seconds`` (the machine's idle time, all cores) and ``clock``.
     """
 
-    def __init__(self, few: int, many: int, apply: Callable[[int], None], *, probe_every: int = 64,
-                 max_probe_every: int = 4096, probe_steps: int = 2, window: int = 8, margin: float = 0.9,
-                 alarm: float = 3.0) -> None:
+    def __init__(self, few: int, many: int, apply: Callable[[int], None], *,
+                 cpu_seconds: Callable[[], float] = time.process_time,
+                 idle_seconds: Callable[[], float | None] = machine_idle_seconds,
+                 clock: Callable[[], float] = time.perf_counter, window: float = 0.25, busy_share: float = 0.8,
+                 free_share: float = 0.75) -> None:
         if not 1 <= few < many:
             raise ValueError("ThreadTuner needs 1 <= few < many")
         self.few, self.many, self._apply = few, many, apply
-        self.probe_every, self.max_probe_every = probe_every, max_probe_every
-        self.probe_steps, self.margin, self.alarm = probe_steps, margin, alarm
+        self._cpu, self._idle, self._clock = cpu_seconds, idle_seconds, clock
+        self.window, self.busy_share, self.free_share = window, busy_share, free_share
         self.current = many
-        self.wait = probe_every          # steps until the next probe
-        self._since = 0                  # steps since the last probe or switch
-        self._recent: deque[tuple[int, float]] = deque(maxlen=window)  # (rows, seconds) with ``current``
-        self._probe: list[tuple[int, float]] | None = None  # steps with the other count, while probing
-        self._applied: int | None = None
         self.switches = 0
-
-    @property
-    def probing(self) -> bool:
-        return self._probe is not None
-
-    @property
-    def other(self) -> int:
-        return self.few if self.current == self.many else self.many
-
-    def threads_for_next_step(self) -> int:
-        return self.other if self.probing else self.current
+        self._applied: int | None = None
+        self._start: tuple[float, float, float] | None = None
+        self._wall = self._cpu_used = self._idle_seen = 0.0  # sums over the current window
+        self._free_windows = 0
 
     def before_step(self) -> None:
-        """Apply the thread count for the coming step (only when it changes: setting it is not free)."""
-        n = self.threads_for_next_step()
-        if n != self._applied:
-            self._apply(n)
-            self._applied = n
+        """Apply the thread count (only when it changes: setting it is not free), and start the step's clock."""
+        if self.current != self._applied:
+            self._apply(self.current)
+            self._applied = self.current
+        self._start = (self._clock(), self._cpu(), self._idle() or 0.0)
 
-    def after_step(self, rows: int, seconds: float) -> None:
-        if self._probe is not None:
-            self._probe.append((rows, seconds))
-            before = self._last(rows)
-            hopeless = before is not None and seconds > self.alarm * before  # no need to see it twice
-            if hopeless or len(self._probe) >= self.probe_steps:
-                self._decide()
+    def after_step(self) -> None:
+        if self._start is None:
             return
-        history = [s for r, s in self._recent if r == rows]
-        self._recent.append((rows, seconds))
-        self._since += 1
-        # Two slow steps in a row, not one: a single step can be slow for reasons that pass (a page fault,
-        # a garbage collection).
-        slow_now = len(history) >= 3 and seconds > self.alarm * statistics.median(history[:-1])
-        alarmed = slow_now and history[-1] > self.alarm * statistics.median(history[:-1])
-        if self._since >= self.wait or alarmed:
-            self._probe = []
+        wall, cpu, idle = self._start
+        self._start = None
+        self._wall += self._clock() - wall
+        self._cpu_used += self._cpu() - cpu
+        self._idle_seen += (self._idle() or 0.0) - idle
+        if self._wall >= self.window:
+            self._decide(self._wall, self._cpu_used, self._idle_seen)
+            self._wall = self._cpu_used = self._idle_seen = 0.0
 
-    def _last(self, rows: int) -> float | None:
-        """The faster of the last two steps with the current count at ``rows`` rows: how things are now."""
-        same = [seconds for r, seconds in self._recent if r == rows][-self.probe_steps:]
-        return min(same) if len(same) >= min(2, self.probe_steps) else None
-
-    def _decide(self) -> None:
-        probe, self._probe = self._probe or [], None
-        self._since = 0
-        rows = probe[-1][0]
-        before = self._last(rows)
-        timed = [seconds for r, seconds in probe if r == rows]
-        if before is None or len(timed) < len(probe):  # the batch changed: no fair comparison, try later
+    def _decide(self, wall: float, cpu: float, idle: float) -> None:
+        if self.current == self.many:
+            if cpu / (wall * self.many) < self.busy_share:
+                self._switch(self.few)
             return
-        # fastest against fastest, two steps each: neither side gets the luckier statistic
-        wins = min(timed) < (self.margin * before if self.other > self.current else before)
-        if wins:
-            self.current = self.other
-            self.switches += 1
-            self._recent.clear()
-            self._recent.extend(probe)
-            self.wait = self.probe_every
+        if idle / wall >= self.free_share * (self.many - self.few):
+            self._free_windows += 1
+            if self._free_windows >= 2:
+                self._switch(self.many)
         else:
-            self.wait = min(self.wait * 2, self.max_probe_every)
+            self._free_windows = 0
+
+    def _switch(self, threads: int) -> None:
+        self.current = threads
+        self.switches += 1
+        self._free_windows = 0
 
 
 def thread_tuner() -> ThreadTuner | None:
-    """The tuner for a model worker on this machine: every core against every core but one (``None`` on
-    one core, where there is nothing to choose)."""
+    """The tuner for a model worker on this machine: every core against every core but one; ``None`` on one
+    core (nothing to choose) or where the machine's idle time cannot be read."""
     import torch
 
     n = cores()
-    if n < 2:
+    if n < 2 or machine_idle_seconds() is None:
         return None
     return ThreadTuner(default_threads(), n, torch.set_num_threads)

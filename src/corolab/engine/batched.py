@@ -156,7 +156,7 @@ class BatchedEngine(BackendEngine):
             return self.backend.new_batch()
         seconds = time.perf_counter() - started
         if self._tuner is not None:
-            self._tuner.after_step(len(tokens), seconds)
+            self._tuner.after_step()
         for entry in decoding:
             if entry.key in tokens:
                 self._accept(batch, entry, tokens[entry.key], out)
