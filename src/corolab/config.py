@@ -18,7 +18,7 @@ class ServeConfig:
     dtype: str = "auto"               # auto | float32 | bfloat16 | float16
     quantize: str = "auto"            # auto | none | int8 (auto: int8 on a CPU, none elsewhere)
     attention: str = "exact"          # exact: row by row, a reply is the same in any batch | batched: faster
-    threads: int | None = None        # torch's threads for model work; None: chosen by corolab.backends.threads
+    threads: int | None = None        # torch's threads for model work; None: corolab.backends.threads decides (tuned)
     prefix_cache: bool = True         # reuse the keys/values of the opening all prompts share
     host: str = "127.0.0.1"
     port: int = 8000

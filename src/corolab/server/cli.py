@@ -38,7 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "batched: one call for the batch, about 1.4x faster at 32 users, and a reply may change "
                         "with the requests that share its steps (default exact)")
     p.add_argument("--threads", type=int, default=d.threads,
-                   help="CPU threads for model work (default: see the README's 'Threads' section)")
+                   help="CPU threads for model work (default: the batched engine watches its CPU time and uses every "
+                        "core, or every core but one while another process wants one; other engines every core "
+                        "but one; see the README's 'Threads')")
     p.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--api-key", default=None,
