@@ -208,3 +208,15 @@ def test_the_cache_keeps_room_for_what_its_rows_can_still_generate(smol):
     batch.add_many([(3, prompts[0], long)])  # a long reply joins: the room is what doubling would give
     layer = batch._cache.layers[0]
     assert layer._k.shape[-2] - batch._mask.shape[1] == max(64, batch._mask.shape[1])
+
+
+def test_the_thread_count_is_tuned_unless_fixed(smol):
+    from corolab.backends.threads import ThreadTuner, cores, machine_idle_seconds
+
+    tuner = smol.thread_tuner()
+    if cores() < 2 or machine_idle_seconds() is None:
+        assert tuner is None
+    else:
+        assert isinstance(tuner, ThreadTuner) and (tuner.few, tuner.many) == (cores() - 1, cores())
+    assert load_backend(None, threads=1).thread_tuner() is None  # --threads 1: fixed
+    assert load_backend("fake").thread_tuner() is None

@@ -222,17 +222,20 @@ class HFBatch(Batch):
               max_tokens: list[int]) -> None:
         from corolab.backends.kvcache import merge_rows
 
+        left = [max(n - 1, 0) for n in max_tokens]  # the first token is out: it came from the prefill
+        width = max(mask.shape[1], 0 if self._mask is None else self._mask.shape[1])
+        self._cache, self._mask = merge_rows(self._cache, self._mask, row_cache, mask,
+                                             spare=self._spare(width, [*self._left, *left]))
         self._keys.extend(keys)
         self._samplers.extend(samplers)
         self._last.extend(tokens)
-        self._left.extend(max(n - 1, 0) for n in max_tokens)  # the first token is out: it came from the prefill
-        width = max(mask.shape[1], 0 if self._mask is None else self._mask.shape[1])
-        self._cache, self._mask = merge_rows(self._cache, self._mask, row_cache, mask, spare=self._spare(width))
+        self._left.extend(left)
 
-    def _spare(self, width: int) -> int:
+    def _spare(self, width: int, left: list[int] | None = None) -> int:
         """Cache columns to allocate ahead of ``width``: as many as doubling would, but no more than the
-        longest-running row may still generate (see :mod:`corolab.backends.kvcache`)."""
-        return min(max(self._left, default=0) + 1, max(64, width))
+        longest-running row (of ``left``, default: this batch's rows) may still generate (see
+        :mod:`corolab.backends.kvcache`)."""
+        return min(max(self._left if left is None else left, default=0) + 1, max(64, width))
 
     def step(self) -> dict[int, int]:
         import torch
@@ -272,11 +275,13 @@ class HFBatch(Batch):
         keep = [row for row, key in enumerate(self._keys) if key is not None]
         if len(keep) == len(self._keys):
             return
+        left = [self._left[row] for row in keep]
+        self._cache, self._mask = select_rows(self._cache, self._mask, keep,
+                                              spare=self._spare(self._mask.shape[1], left))
         self._keys = [self._keys[row] for row in keep]
         self._samplers = [self._samplers[row] for row in keep]
         self._last = [self._last[row] for row in keep]
-        self._left = [self._left[row] for row in keep]
-        self._cache, self._mask = select_rows(self._cache, self._mask, keep, spare=self._spare(self._mask.shape[1]))
+        self._left = left
 
 
 class HFBackend(Backend):
