@@ -79,8 +79,12 @@ class ThreadTuner:
       quiet and 0.00 busy. When at least ``free_share`` of the extra cores were idle for two windows in a
       row, it switches back to ``many``.
 
-    The readers are parameters so tests can play a machine: ``cpu_seconds`` (the process's CPU time),
-    ``idle_seconds`` (the machine's idle time, all cores) and ``clock``.
+    The readers are parameters so tests can play a machine: ``cpu_seconds`` (the process's CPU time, all its
+    threads), ``idle_seconds`` (idle time summed over the cores we may use) and ``clock``.
+
+    It relies on OpenMP's waiting threads spinning (they do for a while after each op, and a step's ops follow
+    each other within microseconds): with ``OMP_WAIT_POLICY=PASSIVE`` they would sleep, the share would read
+    low on a quiet machine, and it would settle on ``few``.
     """
 
     def __init__(self, few: int, many: int, apply: Callable[[int], None], *,
