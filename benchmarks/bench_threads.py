@@ -2,11 +2,11 @@
 
 One run: four servers on the embedded model, started once and kept (`--threads 1`, `--threads N` with
 N = all cores, `--threads N` with `OMP_WAIT_POLICY=PASSIVE`, which makes OpenMP's idle threads sleep
-instead of spin, and the default, which picks between N-1 and N threads from its own step times:
-`corolab.backends.threads.ThreadTuner`). For each condition, quiet (nothing else running) and busy (one competing process that
-spins on a core, as a second user or a notebook would), every server serves the same closed-loop load
-at each concurrency, interleaved: each round measures every server at one level before the next.
-The best round counts. It prints output tokens/s per server, condition and level, then the ratios to
+instead of spin, and the default, which picks between N-1 and N threads from what its steps get:
+`corolab.backends.threads.ThreadTuner`). For each condition, quiet (nothing else running) and busy (one
+competing process that spins on a core, as a second user or a notebook would), every server serves the same
+closed-loop load at each concurrency, interleaved: each round measures every server at one level before the
+next. The best round counts. It prints output tokens/s per server, condition and level, then the ratios to
 `--threads 1`. The last line is the headline: the slowdown of each variant from quiet to busy.
 
     python benchmarks/bench_threads.py                    # about 5 minutes on 2 CPU cores

@@ -4,8 +4,10 @@ transformers' ``DynamicLayer`` appends each step's keys with ``torch.cat``, copy
 step. Here each layer keeps a buffer with spare room, so a step writes one column in place. The batch says
 how much room (:class:`corolab.backends.hf.HFBatch`): as much as doubling would give, but never more than
 its rows may still generate. Doubling alone left up to half of the cache unused: at 32 rows of 64-token
-replies it held 254 columns for 126 tokens, 190 MB of the embedded model's resident memory. Rows are left-padded to a common length; the attention mask hides the padding. Joining pads the
-shorter side on the left; leaving selects the remaining rows and trims columns that are padding for all.
+replies it held 254 columns for 126 tokens, 190 MB of the embedded model's resident memory.
+
+Rows are left-padded to a common length; the attention mask hides the padding. Joining pads the shorter side
+on the left; leaving selects the remaining rows and trims columns that are padding for all.
 """
 
 from __future__ import annotations

@@ -29,9 +29,15 @@ from collections.abc import Callable
 DEFAULT_SHARE = 1
 
 
+def _allowed_cores() -> set[int] | None:
+    """The ids of the cores this process may run on, where the OS says (Linux); ``None`` elsewhere."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+
 def cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """How many cores this process may run on."""
+    allowed = _allowed_cores()
+    return len(allowed) if allowed is not None else (os.cpu_count() or 1)
 
 
 def default_threads() -> int:
@@ -54,7 +60,7 @@ CLOCK_TICKS = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100
 def machine_idle_seconds() -> float | None:
     """Seconds the cores this process may use have spent idle since boot (Linux's ``/proc/stat``), or
     ``None`` where that cannot be read. Only our cores: in a container the file lists the host's."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    allowed = _allowed_cores()
     try:
         with open("/proc/stat", encoding="ascii") as f:
             lines = [line.split() for line in f if line.startswith("cpu") and not line.startswith("cpu ")]
@@ -109,19 +115,28 @@ class ThreadTuner:
         if self.current != self._applied:
             self._apply(self.current)
             self._applied = self.current
-        self._start = (self._clock(), self._cpu(), self._idle() or 0.0)
+        self._start = (self._clock(), *self._readings())
 
     def after_step(self) -> None:
         if self._start is None:
             return
         wall, cpu, idle = self._start
         self._start = None
+        cpu_now, idle_now = self._readings()
         self._wall += self._clock() - wall
-        self._cpu_used += self._cpu() - cpu
-        self._idle_seen += (self._idle() or 0.0) - idle
+        self._cpu_used += cpu_now - cpu
+        self._idle_seen += idle_now - idle
         if self._wall >= self.window:
             self._decide(self._wall, self._cpu_used, self._idle_seen)
             self._wall = self._cpu_used = self._idle_seen = 0.0
+
+    def _readings(self) -> tuple[float, float]:
+        """(CPU time, idle time), each read only when the current count's decision uses it: a step on the hot
+        path pays for one reader, not two. The count changes only between windows, so a window's readings
+        all come from the same reader."""
+        if self.current == self.many:
+            return self._cpu(), 0.0
+        return 0.0, self._idle() or 0.0
 
     def _decide(self, wall: float, cpu: float, idle: float) -> None:
         if self.current == self.many:

@@ -25,7 +25,8 @@ async def load_in_passing_thread(load: Callable[[], None]) -> None:
     loading work leaves behind in the thread. libgomp counts every team's threads, and once they outnumber
     the cores its waiting threads stop spinning and sleep between parallel regions, so every small op pays a
     wake-up. Measured on 2 cores with 2 torch threads, a 32-row decode step in the batched engine's worker
-    took 160 ms with the loader's team alive and 50 ms without (``benchmarks/bench_threads.py``)."""
+    took 158-161 ms with the loader's team alive and 56-58 ms without (``benchmarks/RESULTS.md``, "A second
+    look")."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
