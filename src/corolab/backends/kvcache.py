@@ -54,6 +54,18 @@ class GrowableLayer(DynamicLayer):
         self._expose()
         return self.keys, self.values
 
+    def room(self, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """For a kernel that writes ``n`` columns in place (:mod:`corolab.backends.kernels`): the key and value
+        buffers, grown if they lack the room, and the column to write at. :meth:`advance` then exposes them."""
+        assert self._k is not None and self._v is not None
+        if self.length + n > self._k.shape[-2]:
+            self.set(self.keys, self.values, spare=max(64, self.length + n))
+        return self._k, self._v, self.length
+
+    def advance(self, n: int) -> None:
+        self.length += n
+        self._expose()
+
     def get_seq_length(self) -> int:
         return self.length
 

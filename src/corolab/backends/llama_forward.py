@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from corolab.backends.quantize import FusedPart
+from corolab.backends.quantize import FusedPart, Int8Linear
 
 
 def supports(model: torch.nn.Module) -> bool:
@@ -52,9 +52,11 @@ def supports(model: torch.nn.Module) -> bool:
 class LlamaForward:
     """Callable: ``(ids, mask, positions, cache) -> logits of each row's last position``."""
 
-    def __init__(self, model: torch.nn.Module, exact: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, exact: bool = True, kernels=None) -> None:
+        """``kernels``: :func:`corolab.backends.kernels.ops`, for int8 models; ``None`` runs every op from Python."""
         config = model.config
         self.exact = exact
+        self.kernels = kernels if kernels is not None and _fusable(model) else None
         inner = model.model
         self.embed = inner.embed_tokens
         self.layers = list(inner.layers)
@@ -76,13 +78,6 @@ class LlamaForward:
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-    @staticmethod
-    def _project(x: torch.Tensor, first: torch.nn.Module, *rest: torch.nn.Module) -> tuple[torch.Tensor, ...]:
-        """Outputs of layers that share an input: one call when they are fused."""
-        if isinstance(first, FusedPart):
-            return first.group[0].compute(x)
-        return (first(x), *(layer(x) for layer in rest))
 
     def _plan(self, mask: torch.Tensor, queries: int):
         return self._rows_plan(mask, queries) if self.exact else self._batch_mask(mask, queries)
@@ -140,23 +135,74 @@ class LlamaForward:
                 values[row:row + 1].index_select(2, columns), attn_mask=causal, enable_gqa=gqa)
         return out
 
+    def _linear(self, layer: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + layer(x)``; an int8 layer in one fused call when the kernels are loaded."""
+        if self.kernels is not None and isinstance(layer, Int8Linear):
+            return self.kernels.int8_linear(x, *_weights(layer), residual)
+        return layer(x) if residual is None else residual + layer(x)
+
+    def _project(self, x: torch.Tensor, first: torch.nn.Module, *rest: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+        """Outputs of layers that share an input: one call when they are fused."""
+        if isinstance(first, FusedPart):
+            group = first.group[0]
+            return self._linear(group.linear, x).split(group.sizes, dim=-1)
+        return (self._linear(first, x), *(self._linear(layer, x) for layer in rest))
+
+    def _attention_block(self, h, x, attn, layer_cache, cos, sin, plan) -> torch.Tensor:
+        """``h + o_proj(attention(x))`` from Python, op by op."""
+        batch, queries = x.shape[:2]
+        q, k, v = self._project(x, attn.q_proj, attn.k_proj, attn.v_proj)
+        q = self._rotate(q.view(batch, queries, self.heads, self.head_dim).transpose(1, 2), cos, sin)
+        k = self._rotate(k.view(batch, queries, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+        v = v.view(batch, queries, self.kv_heads, self.head_dim).transpose(1, 2)
+        keys, values = layer_cache.update(k, v)
+        out = self._attend(q, keys, values, plan)
+        return self._linear(attn.o_proj, out.transpose(1, 2).reshape(batch, queries, -1), residual=h)
+
+    def _attention_block_fused(self, h, x, attn, layer_cache, cos, sin, plan) -> torch.Tensor:
+        """The same for one decoding query per row, in two kernel calls (the numbers are the same): the fused
+        q/k/v projection, then rotary embedding, cache write and attention together."""
+        qkv = self.kernels.int8_linear(x, *_weights(attn.q_proj.group[0].linear))
+        keys, values, start = layer_cache.room(1)
+        lengths, mask = plan
+        out = self.kernels.attend_decode(qkv, cos, sin, keys, values, start, lengths, mask, self.heads, self.kv_heads)
+        layer_cache.advance(1)
+        return self.kernels.int8_linear(out.view(x.shape[0], 1, -1), *_weights(attn.o_proj), h)
+
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         batch, queries = ids.shape
         h = self.embed(ids)
         cos, sin = self._rope(positions, h.dtype)
-        plan = self._plan(mask, queries)
+        fused = self.kernels is not None and queries == 1 and all(
+            getattr(layer, "_k", None) is not None for layer in cache.layers)
+        if fused:  # what each row reads: its real key count (exact), or the batch's padding mask
+            plan = (mask.sum(dim=1), None) if self.exact else (mask.new_empty(0), mask.bool()[:, None, None, :])
+            block = self._attention_block_fused
+        else:
+            plan = self._plan(mask, queries)
+            block = self._attention_block
         for layer, layer_cache in zip(self.layers, cache.layers):
-            attn, mlp = layer.self_attn, layer.mlp
             x = F.rms_norm(h, (h.shape[-1],), layer.input_layernorm.weight, self.eps)
-            q, k, v = self._project(x, attn.q_proj, attn.k_proj, attn.v_proj)
-            q = self._rotate(q.view(batch, queries, self.heads, self.head_dim).transpose(1, 2), cos, sin)
-            k = self._rotate(k.view(batch, queries, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-            v = v.view(batch, queries, self.kv_heads, self.head_dim).transpose(1, 2)
-            keys, values = layer_cache.update(k, v)
-            out = self._attend(q, keys, values, plan)
-            h = h + attn.o_proj(out.transpose(1, 2).reshape(batch, queries, -1))
+            h = block(h, x, layer.self_attn, layer_cache, cos, sin, plan)
             x = F.rms_norm(h, (h.shape[-1],), layer.post_attention_layernorm.weight, self.eps)
-            gate, up = self._project(x, mlp.gate_proj, mlp.up_proj)
-            h = h + mlp.down_proj(F.silu(gate) * up)
+            gate, up = self._project(x, layer.mlp.gate_proj, layer.mlp.up_proj)
+            h = self._linear(layer.mlp.down_proj, F.silu(gate) * up, residual=h)
         last = F.rms_norm(h[:, -1], (h.shape[-1],), self.norm.weight, self.eps)
-        return self.lm_head(last)
+        return self._linear(self.lm_head, last)
+
+
+def _weights(layer: Int8Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What ``int8_linear`` takes after its input: weight, scales, weight sums, bias."""
+    return layer.weight_int8, layer.scale, layer.weight_sum, layer.bias
+
+
+def _fusable(model: torch.nn.Module) -> bool:
+    """The fused decode path needs every layer's q/k/v fused into one int8 matmul without bias (the kernel
+    splits its output) and an int8 o_proj: what :func:`corolab.backends.quantize.quantize_linears` makes of
+    a Llama-shaped float32 model."""
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        if not (isinstance(attn.q_proj, FusedPart) and isinstance(attn.o_proj, Int8Linear)
+                and attn.q_proj.group[0].linear.bias is None and attn.q_proj.group[0].sizes[0] != 0):
+            return False
+    return True
