@@ -1,8 +1,11 @@
-"""The fused C++ kernels (``corolab/backends/kernels.cpp``) compute exactly what the Python path computes.
+"""The fused C++ kernels (``corolab/backends/kernels.cpp``).
 
-Exactly means bit for bit: the tests compare with ``torch.equal``, never a tolerance. That is the kernels'
-contract: they remove calls, never change a number, so a reply is the same with them, without them, alone
-or in any batch.
+Two contracts, tested with ``torch.equal``, never a tolerance:
+* the int8 layer is the Python layer bit for bit (quantize, integer matmul, dequantize);
+* every sum the kernels add (RMSNorm, attention) has one fixed order, so a row's numbers are the same alone,
+  in any batch, and with any thread count: a greedy reply does not depend on who else is being served.
+Against the Python path (torch's RMSNorm and attention, which sum in other orders) they agree to float32
+rounding, checked with a tolerance.
 """
 
 from __future__ import annotations
@@ -55,15 +58,83 @@ def test_int8_linear_refuses_what_it_does_not_compute(ops):
         ops.int8_linear(torch.randn(2, 64, dtype=torch.bfloat16), layer.weight_int8, layer.scale, layer.weight_sum)
 
 
+def test_the_norm_before_a_layer_is_rmsnorm_and_keeps_each_row_to_itself(ops):
+    torch.manual_seed(5)
+    layer = Int8Linear(torch.nn.Linear(576, 960, bias=False))
+    norm = torch.rand(576) + 0.5
+    x = torch.randn(9, 1, 576)
+    x[4] *= 300  # a loud neighbour
+    together = ops.int8_linear(x, layer.weight_int8, layer.scale, layer.weight_sum, None, None, norm, 1e-5)
+    reference = layer(torch.nn.functional.rms_norm(x, (576,), norm, 1e-5))
+    assert torch.allclose(together, reference, rtol=1e-3, atol=1e-3 * reference.abs().max().item())
+    for row in range(len(x)):
+        alone = ops.int8_linear(x[row:row + 1], layer.weight_int8, layer.scale, layer.weight_sum, None, None, norm,
+                                1e-5)
+        assert torch.equal(alone, together[row:row + 1])
+
+
+def _attention_inputs(rows: int, filled: int, heads: int = 4, kv_heads: int = 2, d: int = 16, seed: int = 0):
+    torch.manual_seed(seed)
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * d)
+    angles = torch.rand(rows, d // 2) * 6
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    keys, values = torch.randn(rows, kv_heads, filled + 3, d), torch.randn(rows, kv_heads, filled + 3, d)
+    return qkv, cos, sin, keys, values
+
+
+def test_decode_attention_is_sdpa_over_each_rows_own_keys(ops):
+    """Rotary embedding on q and k, k and v written at the column given, then softmax attention over each row's
+    last ``lengths[b]`` keys: torch's SDPA on the same tensors, to rounding."""
+    heads, kv_heads, d, start = 4, 2, 16, 9
+    qkv, cos, sin, keys, values = _attention_inputs(3, start + 1)
+    lengths = torch.tensor([10, 4, 1])
+    before = keys.clone()
+    out = ops.attend_decode(qkv, cos, sin, keys, values, start, lengths, heads, kv_heads)
+
+    def rotate(x):
+        return x * cos[:, None] + torch.cat((-x[..., d // 2:], x[..., :d // 2]), -1) * sin[:, None]
+
+    q = rotate(qkv[:, :heads * d].view(3, heads, d))
+    k = rotate(qkv[:, heads * d:(heads + kv_heads) * d].view(3, kv_heads, d))
+    v = qkv[:, (heads + kv_heads) * d:].view(3, kv_heads, d)
+    assert torch.allclose(keys[:, :, start], k, atol=1e-6) and torch.equal(values[:, :, start], v)
+    assert torch.equal(keys[:, :, :start], before[:, :, :start])  # nothing else written
+    for row, n in enumerate(lengths.tolist()):
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q[row:row + 1, :, None], keys[row:row + 1, :, start + 1 - n:start + 1],
+            values[row:row + 1, :, start + 1 - n:start + 1], enable_gqa=True)
+        assert torch.allclose(out[row].view(heads, d), want.view(heads, d), atol=1e-5), row
+
+
+def test_decode_attention_is_the_same_alone_in_a_batch_and_on_any_thread_count(ops):
+    """A row padded into a wider batch (its keys at the right end, as the cache keeps them) gives exactly the
+    numbers it gives alone; so do 1 and 2 threads."""
+    heads, kv_heads, d = 4, 2, 16
+    qkv, cos, sin, keys, values = _attention_inputs(4, 40, heads, kv_heads, d, seed=1)
+    lengths = torch.tensor([40, 7, 23, 1])
+    together = ops.attend_decode(qkv, cos, sin, keys.clone(), values.clone(), 39, lengths, heads, kv_heads)
+    for row, n in enumerate(lengths.tolist()):
+        own_k = keys[row:row + 1, :, 40 - n:].clone()  # alone: just its keys, no padding, other room after them
+        own_v = values[row:row + 1, :, 40 - n:].clone()
+        alone = ops.attend_decode(qkv[row:row + 1], cos[row:row + 1], sin[row:row + 1], own_k, own_v, n - 1,
+                                  torch.tensor([n]), heads, kv_heads)
+        assert torch.equal(alone, together[row:row + 1]), row
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = ops.attend_decode(qkv, cos, sin, keys.clone(), values.clone(), 39, lengths, heads, kv_heads)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single, together)
+
+
 def test_attention_refuses_a_full_cache_and_a_bad_length(ops):
     """The kernel writes into the cache in place, so it checks the room it was given."""
-    qkv = torch.randn(1, (4 + 2 * 2) * 16)
-    cos = sin = torch.ones(1, 16)
-    keys, values = torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 8, 16)
+    qkv, cos, sin, keys, values = _attention_inputs(1, 5)  # room for 8 columns
     with pytest.raises(RuntimeError, match="no room"):
-        ops.attend_decode(qkv, cos, sin, keys, values, 8, torch.tensor([1]), None, 4, 2)
+        ops.attend_decode(qkv, cos, sin, keys, values, 8, torch.tensor([1]), 4, 2)
     with pytest.raises(RuntimeError, match="keys of"):
-        ops.attend_decode(qkv, cos, sin, keys, values, 3, torch.tensor([5]), None, 4, 2)
+        ops.attend_decode(qkv, cos, sin, keys, values, 3, torch.tensor([5]), 4, 2)
 
 
 def _quantized_tiny_llama():
@@ -78,9 +149,9 @@ def _quantized_tiny_llama():
 
 
 @pytest.mark.parametrize("exact", [True, False], ids=["exact", "batched"])
-def test_decode_steps_are_the_python_path_bit_for_bit(ops, exact):
-    """Rows of different lengths (left padding), a cache that must grow mid-run, six decode steps: the
-    fused pass's logits and cache equal the Python pass's."""
+def test_decode_steps_agree_with_the_python_path(ops, exact):
+    """Rows of different lengths (left padding), a cache that must grow mid-run, seven steps: the kernels'
+    logits and cache are the Python pass's, to float32 rounding."""
     from corolab.backends.kvcache import empty_cache
     from corolab.backends.llama_forward import LlamaForward
 
@@ -95,7 +166,7 @@ def test_decode_steps_are_the_python_path_bit_for_bit(ops, exact):
         for step in range(7):
             got = {name: forward(ids, mask, positions, caches[name])
                    for name, forward in (("plain", plain), ("fused", fused))}
-            assert torch.equal(got["plain"], got["fused"]), step
+            assert torch.allclose(got["plain"], got["fused"], atol=1e-3, rtol=1e-3), step
             if step == 0:  # leave one spare column: the fused pass must grow the cache as update() would
                 for cache in caches.values():
                     for layer in cache.layers:
@@ -104,30 +175,41 @@ def test_decode_steps_are_the_python_path_bit_for_bit(ops, exact):
             positions = mask.sum(dim=1, keepdim=True)
             mask = torch.cat([mask, mask.new_ones((3, 1))], dim=1)
     for a, b in zip(caches["plain"].layers, caches["fused"].layers):
-        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        assert a.keys.shape == b.keys.shape
+        assert torch.allclose(a.keys, b.keys, atol=1e-3) and torch.allclose(a.values, b.values, atol=1e-3)
 
 
 @pytest.mark.model
-def test_the_model_replies_the_same_with_and_without_the_kernels(smol):
-    """On the embedded model, in its default mode: 24 greedy tokens for four rows of different lengths."""
+def test_the_model_uses_the_kernels_and_agrees_with_the_python_path(smol):
+    """On the embedded model in its default mode: teacher-forced through decode steps on the Python path's own
+    greedy replies, the kernels pick the same next token at almost every position. Not every: int8 codes
+    amplify a last-bit difference in a sum (measured: logits 3-9 % apart; quality the same within noise,
+    RESULTS.md), so a near-tie can go the other way."""
+    from corolab.backends.kvcache import empty_cache
     from corolab.backends.llama_forward import LlamaForward
 
     assert smol.lean is not None and smol.lean.kernels is not None  # the default CPU path uses them
-    fused = smol.lean
-    greedy = SamplingParams(temperature=0, ignore_eos=True, max_tokens=100)
-    prompts = [smol.encode_chat([{"role": "user", "content": text}]) for text in (
-        "Tell me a story about a cat.", "Hi", "Write a haiku about autumn, then explain it.", "2+2?")]
+    plain, fused = LlamaForward(smol.model, exact=smol.lean.exact), smol.lean
+    layers = smol.model.config.num_hidden_layers
 
-    def run(lean):
-        smol.lean = lean
-        try:
-            batch = smol.new_batch()
-            got = {k: [t] for k, t in batch.add_many([(k, p, greedy) for k, p in enumerate(prompts)]).items()}
-            for _ in range(24):
-                for key, token in batch.step().items():
-                    got[key].append(token)
-            return got
-        finally:
-            smol.lean = fused
+    def decode(lean, prompt, forced=None, steps=24):
+        cache, tokens = empty_cache(layers), []
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            logits = lean(ids, torch.ones_like(ids), torch.arange(len(prompt))[None], cache)
+            for step in range(steps):
+                tokens.append(int(logits.argmax()))
+                nxt = forced[step] if forced is not None else tokens[-1]
+                at = len(prompt) + step
+                logits = lean(torch.tensor([[nxt]]), torch.ones(1, at + 1, dtype=torch.long), torch.tensor([[at]]),
+                              cache)
+        return tokens
 
-    assert run(LlamaForward(smol.model, exact=fused.exact)) == run(fused)
+    agree = total = 0
+    for text in ("Tell me a story about a cat.", "Explain recursion in one paragraph.", "Who wrote Hamlet?"):
+        prompt = smol.encode_chat([{"role": "user", "content": text}])
+        reply = decode(plain, prompt)
+        got = decode(fused, prompt, forced=reply)
+        agree += sum(a == b for a, b in zip(reply, got))
+        total += len(reply)
+    assert agree / total >= 0.9, (agree, total)

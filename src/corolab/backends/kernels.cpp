@@ -1,16 +1,19 @@
-// Fused CPU kernels for the int8 decode path (corolab.backends.kernels builds and loads this file).
+// Fused CPU kernels for the int8 path (corolab.backends.kernels builds and loads this file).
 //
-// Why C++. At one stream an int8 decode step of SmolLM2-135M spends about 5 ms in its matmuls and as long
-// again issuing some 3,000 small torch calls from Python, a few microseconds each. These two ops do the same
-// arithmetic in a handful of calls per layer.
+// Why C++. At one stream an int8 decode step of SmolLM2-135M spent about as long issuing some 3,000 small
+// torch calls from Python as in its matmuls. Here a layer is five calls (RESULTS.md has the measurements).
+//   * int8_linear: Int8Linear.forward bit for bit (quantize each row, integer matmul, dequantize), with the
+//     residual add after it and, optionally, the RMSNorm before it.
+//   * attend_decode: rotary embedding, cache write and softmax attention for one decoding query per row.
 //
-// Why the numbers do not change. Each op computes exactly what corolab.backends.quantize.Int8Linear and
-// corolab.backends.llama_forward.LlamaForward compute, bit for bit (tests/test_kernels.py checks it):
-//   * the loops here do only what IEEE float32 rounds the same way everywhere: abs, max, one multiply or add
-//     at a time, round-to-nearest-even, int-to-float. They are built with -ffp-contract=off, so the compiler
-//     cannot fuse a multiply and an add into one FMA (one rounding instead of two);
-//   * everything else (the int8 matmul, attention) is the same ATen call on the same tensors as in Python.
-// So a reply is the same with or without this file, and the same alone or in any batch.
+// Why a reply stays the same alone or in any batch. Each row is computed on its own, integer sums are exact
+// in any order, and every float sum here (RMSNorm, attention) adds in one fixed order (dot, lane_total)
+// whatever the batch, the thread count or the vector width. -ffp-contract=off keeps the compiler from fusing
+// a multiply and an add into one rounding, so the order written is the order computed.
+//
+// Against the Python path (torch's RMSNorm and SDPA sum in their own orders) results differ in the last bits,
+// and int8 codes amplify that: logits 3-9 % apart, the same quality within noise (RESULTS.md). Prefill keeps
+// torch's attention; only the RMSNorm there is this file's.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -26,6 +29,38 @@
 #endif
 
 namespace {
+
+// Sums in a fixed order: 16 lanes (element i adds into lane i % 16, in order), then a fixed tree over the
+// lanes. The compiler vectorizes the lanes but may not reorder them (no -ffast-math), so a row's sum is the
+// same for any batch, thread count or vector width: what makes a reply the same alone or in a crowd.
+constexpr int kLanes = 16;
+
+inline float lane_total(float* lanes) {
+  for (int width = kLanes / 2; width > 0; width /= 2)
+    for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
+  return lanes[0];
+}
+
+inline float dot(const float* a, const float* b, int64_t d) {
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= d; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] += a[i + j] * b[i + j];
+  for (int j = 0; i + j < d; ++j) lanes[j] += a[i + j] * b[i + j];
+  return lane_total(lanes);
+}
+
+// RMSNorm of each row, as transformers' LlamaRMSNorm: x * (1 / sqrt(mean(x^2) + eps)) * weight.
+void rms_norm_rows(const float* x, int64_t rows, int64_t k, const float* weight, float eps, float* out) {
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = x + r * k;
+      const float inv = 1.0f / std::sqrt(dot(row, row, k) / static_cast<float>(k) + eps);
+      float* y = out + r * k;
+      for (int64_t i = 0; i < k; ++i) y[i] = (row[i] * inv) * weight[i];
+    }
+  });
+}
 
 // Per row of x [R, K]: amax = max|x| clamped to 1e-12, codes = round(x * (1/amax * 127)) as int8.
 // Python: amax = rows.abs().amax(-1, keepdim=True).clamp_(min=1e-12); q = (rows * (127.0 / amax)).round_()...
@@ -172,9 +207,11 @@ at::Tensor int_mm(const at::Tensor& codes, const at::Tensor& weight, const at::T
   return at::_int_mm(codes, weight.t());
 }
 
-// One W8A8 linear layer: Int8Linear.forward, plus the residual add that follows o_proj and down_proj.
+// One W8A8 linear layer: Int8Linear.forward, bit for bit; with `norm`, the RMSNorm before it (rms_norm_rows);
+// with `residual`, the residual add after it (o_proj, down_proj).
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
-                       const at::Tensor& weight_sum, const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual) {
+                       const at::Tensor& weight_sum, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm, double eps) {
   TORCH_CHECK(x.scalar_type() == at::kFloat, "int8_linear: float32 input expected");
   TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 2, "int8_linear: int8 [out, in] weight expected");
   const int64_t n = weight.size(0);
@@ -182,6 +219,14 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   TORCH_CHECK(x.size(-1) == k, "int8_linear: input has ", x.size(-1), " features, the weight ", k);
   auto rows = x.reshape({-1, k}).contiguous();
   const int64_t r = rows.size(0);
+  if (norm.has_value() && norm->defined()) {  // the RMSNorm before q/k/v, gate/up and the LM head
+    auto weight_f = norm->contiguous();
+    TORCH_CHECK(weight_f.scalar_type() == at::kFloat && weight_f.numel() == k, "int8_linear: float32 norm weight");
+    auto normed = at::empty({r, k}, x.options());
+    rms_norm_rows(rows.const_data_ptr<float>(), r, k, weight_f.const_data_ptr<float>(), static_cast<float>(eps),
+                  normed.mutable_data_ptr<float>());
+    rows = normed;
+  }
   auto codes = at::empty({r, k}, x.options().dtype(at::kChar));
   auto amax = at::empty({r}, x.options());
   quantize_rows(rows.const_data_ptr<float>(), r, k, codes.mutable_data_ptr<int8_t>(), amax.mutable_data_ptr<float>());
@@ -215,14 +260,42 @@ inline void rotate(const float* x, const float* cos, const float* sin, int64_t d
   }
 }
 
+// Softmax attention of one query over n keys: the scores, their maximum, exp(score - max) and the weighted
+// sum of the values, each in one fixed order (see dot). Not torch's SDPA: one call per (row, head) costs it
+// more in setting up than the arithmetic here, and its kernel splits the keys differently with the thread
+// count (RESULTS.md), so the same row could round differently from one step to the next.
+void attend_one(const float* q, const float* k, int64_t kstride, const float* v, int64_t vstride, int64_t n,
+                int64_t d, float scale, std::vector<float>& weights, float* out) {
+  weights.resize(n);
+  float top = -INFINITY;
+  for (int64_t t = 0; t < n; ++t) {
+    const float score = dot(q, k + t * kstride, d) * scale;
+    weights[t] = score;
+    top = score > top ? score : top;
+  }
+  float total = 0.0f;
+  for (int64_t t = 0; t < n; ++t) {
+    weights[t] = std::exp(weights[t] - top);
+    total += weights[t];
+  }
+  float acc[256] = {};
+  for (int64_t t = 0; t < n; ++t) {
+    const float w = weights[t];
+    const float* value = v + t * vstride;
+    for (int64_t i = 0; i < d; ++i) acc[i] += w * value[i];
+  }
+  const float inv = 1.0f / total;
+  for (int64_t i = 0; i < d; ++i) out[i] = acc[i] * inv;
+}
+
 // One decode step's attention for a layer: rotate q and k, write k and v into the cache buffers at column
 // `start`, attend, and return the heads side by side [B, H * D] (o_proj's input).
 // qkv: [B, (H + 2G) * D], the fused projection's output. cos, sin: [B, D]. keys, values: [B, G, C, D] buffers
-// with C > start. exact: one attention call per row over its last lengths[b] keys (LlamaForward._attend);
-// otherwise one call for the batch under `mask` [B, 1, 1, start + 1].
+// with C > start. Each row attends over its own last lengths[b] keys (close_holes keeps a row's real keys at the
+// right end), never over another row's padding, as LlamaForward._attend does in Python.
 at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, at::Tensor keys,
-                         at::Tensor values, int64_t start, const at::Tensor& lengths,
-                         const std::optional<at::Tensor>& mask, int64_t heads, int64_t kv_heads) {
+                         at::Tensor values, int64_t start, const at::Tensor& lengths, int64_t heads,
+                         int64_t kv_heads) {
   TORCH_CHECK(qkv.scalar_type() == at::kFloat && keys.scalar_type() == at::kFloat, "attend_decode: float32 expected");
   const int64_t b = keys.size(0);
   const int64_t d = keys.size(3);
@@ -253,35 +326,42 @@ at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at:
       for (int64_t i = 0; i < d; ++i) vdst[i] = vin[i];
     }
   }
-  const bool gqa = kv_heads != heads;
   const int64_t filled = start + 1;
-  auto out = at::empty({b, heads * d}, qkv.options());
-  if (mask.has_value() && mask->defined()) {
-    auto attn = at::scaled_dot_product_attention(q, keys.narrow(2, 0, filled), values.narrow(2, 0, filled), *mask,
-                                                 0.0, false, std::nullopt, gqa);
-    out.view({b, heads, d}).copy_(attn.view({b, heads, d}));
-    return out;
-  }
   auto lengths_c = lengths.to(at::kLong).contiguous();
   TORCH_CHECK(lengths_c.numel() == b, "attend_decode: one length per row expected");
   const int64_t* lp = lengths_c.const_data_ptr<int64_t>();
   for (int64_t row = 0; row < b; ++row) {
-    const int64_t n = lp[row];
-    TORCH_CHECK(n >= 1 && n <= filled, "attend_decode: row ", row, " has ", n, " keys of ", filled);
-    auto attn = at::scaled_dot_product_attention(
-        q.narrow(0, row, 1), keys.narrow(0, row, 1).narrow(2, filled - n, n),
-        values.narrow(0, row, 1).narrow(2, filled - n, n), std::nullopt, 0.0, false, std::nullopt, gqa);
-    out.narrow(0, row, 1).view({1, heads, 1, d}).copy_(attn);
+    TORCH_CHECK(lp[row] >= 1 && lp[row] <= filled, "attend_decode: row ", row, " has ", lp[row], " keys of ", filled);
   }
+  TORCH_CHECK(d <= 256, "attend_decode: head size up to 256");
+  auto out = at::empty({b, heads * d}, qkv.options());
+  float* op = out.mutable_data_ptr<float>();
+  const int64_t group = heads / kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  // One (row, head) per task, computed start to end by one thread: the same numbers for any thread count.
+  at::parallel_for(0, b * heads, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> weights;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / heads;
+      const int64_t h = task % heads;
+      const int64_t n = lp[row];
+      const int64_t g = h / group;
+      const float* kbase = kp + row * keys.stride(0) + g * keys.stride(1) + (filled - n) * keys.stride(2);
+      const float* vbase = vp + row * values.stride(0) + g * values.stride(1) + (filled - n) * values.stride(2);
+      attend_one(qp + (row * heads + h) * d, kbase, keys.stride(2), vbase, values.stride(2), n, d, scale, weights,
+                 op + row * heads * d + h * d);
+    }
+  });
   return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY(corolab, m) {
-  m.def("int8_linear(Tensor x, Tensor weight, Tensor scale, Tensor weight_sum, Tensor? bias=None, Tensor? residual=None) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor weight, Tensor scale, Tensor weight_sum, Tensor? bias=None, "
+        "Tensor? residual=None, Tensor? norm=None, float eps=0.0) -> Tensor");
   m.def("attend_decode(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) keys, Tensor(b!) values, int start, "
-        "Tensor lengths, Tensor? mask, int heads, int kv_heads) -> Tensor");
+        "Tensor lengths, int heads, int kv_heads) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(corolab, CPU, m) {

@@ -1,16 +1,18 @@
 """Fused C++ kernels for the int8 path (``kernels.cpp``), built once per machine and cached.
 
-Why. At one stream a decode step of the embedded model spends as long issuing small torch calls from Python
-as it does in its matmuls (``benchmarks/RESULTS.md``). ``int8_linear`` does a W8A8 layer (quantize the rows,
-``torch._int_mm``, dequantize, add the residual) in one call instead of about twelve; ``attend_decode`` does
-a layer's rotary embedding, cache write and attention in one. Their numbers are the Python path's, bit for
-bit (``tests/test_kernels.py``), so nothing a reader sees changes: only the time.
+Why. At one stream a decode step of the embedded model spent about as long issuing small torch calls from
+Python as in its matmuls. ``int8_linear`` does a W8A8 layer (RMSNorm, quantize the rows, integer matmul,
+dequantize, residual add) in one call instead of about twenty; ``attend_decode`` does a layer's rotary
+embedding, cache write and attention in one. At one to four rows the matmul is a VNNI kernel of our own:
+oneDNN's AMX gemm lays the weight out anew on every call, which at one row costs more than the matmul.
+``benchmarks/RESULTS.md`` has the measurements; ``tests/test_kernels.py`` what they promise: a row's numbers
+are the same alone or in any batch, on any thread count.
 
 How. ``torch.utils.cpp_extension.load`` compiles the file with the machine's C++ compiler the first time a
-model loads in int8 (about a minute on 2 cores), into ``$COROLAB_CACHE/kernels/``; later loads find it there.
-Where there is no compiler, or ``COROLAB_KERNELS=0`` is set, :func:`ops` returns ``None`` and the Python path
-runs: the same replies, slower. The build is guarded by a file lock, so processes that start together build
-once.
+model loads in int8 (20-60 s), into ``$COROLAB_CACHE/kernels/``; later loads find it there. Where there is no
+compiler, or ``COROLAB_KERNELS=0`` is set, :func:`ops` returns ``None`` and the Python path runs: the same
+model and the same promise, slower, with rounding that differs in the last bits. The build is guarded by a
+file lock, so processes that start together build once.
 """
 
 from __future__ import annotations

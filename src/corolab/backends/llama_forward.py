@@ -19,6 +19,10 @@ have alone, so with int8 linears (exact integer sums, per-token scales) a reply 
 alone or in any batch. The loop has a price: at 32 rows a decode step takes about 1.4x as long as with one
 batched call (``benchmarks/bench_quantize.py``), so ``--attention batched`` offers that call, opt-in, for
 when speed matters more than the same reply in every batch.
+
+With the fused kernels (:mod:`corolab.backends.kernels`, int8 models on a CPU), each RMSNorm runs inside the
+int8 call that follows it, and a decode step's attention is one call per layer: the same row-by-row rule, in
+C++, with every sum in a fixed order. The Python code below stays the reference and the fallback.
 """
 
 from __future__ import annotations
@@ -141,17 +145,25 @@ class LlamaForward:
             return self.kernels.int8_linear(x, *_weights(layer), residual)
         return layer(x) if residual is None else residual + layer(x)
 
-    def _project(self, x: torch.Tensor, first: torch.nn.Module, *rest: torch.nn.Module) -> tuple[torch.Tensor, ...]:
-        """Outputs of layers that share an input: one call when they are fused."""
+    def _normed(self, h: torch.Tensor, norm: torch.nn.Module, first: torch.nn.Module,
+                *rest: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+        """The outputs of layers that read the same normalized input (q, k, v; gate, up). With the kernels the
+        norm runs inside the fused layers' one int8 call; without, ``F.rms_norm`` first, then each layer."""
+        if self.kernels is not None:  # _fusable: these layers are one FusedInt8
+            group = first.group[0]
+            return self.kernels.int8_linear(h, *_weights(group.linear), None, norm.weight, self.eps).split(
+                group.sizes, dim=-1)
+        x = F.rms_norm(h, (h.shape[-1],), norm.weight, self.eps)
         if isinstance(first, FusedPart):
             group = first.group[0]
             return self._linear(group.linear, x).split(group.sizes, dim=-1)
         return (self._linear(first, x), *(self._linear(layer, x) for layer in rest))
 
-    def _attention_block(self, h, x, attn, layer_cache, cos, sin, plan) -> torch.Tensor:
-        """``h + o_proj(attention(x))`` from Python, op by op."""
-        batch, queries = x.shape[:2]
-        q, k, v = self._project(x, attn.q_proj, attn.k_proj, attn.v_proj)
+    def _attention_block(self, h, layer, layer_cache, cos, sin, plan) -> torch.Tensor:
+        """``h + o_proj(attention(norm(h)))``, op by op."""
+        batch, queries = h.shape[:2]
+        attn = layer.self_attn
+        q, k, v = self._normed(h, layer.input_layernorm, attn.q_proj, attn.k_proj, attn.v_proj)
         q = self._rotate(q.view(batch, queries, self.heads, self.head_dim).transpose(1, 2), cos, sin)
         k = self._rotate(k.view(batch, queries, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
         v = v.view(batch, queries, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -159,34 +171,32 @@ class LlamaForward:
         out = self._attend(q, keys, values, plan)
         return self._linear(attn.o_proj, out.transpose(1, 2).reshape(batch, queries, -1), residual=h)
 
-    def _attention_block_fused(self, h, x, attn, layer_cache, cos, sin, plan) -> torch.Tensor:
-        """The same for one decoding query per row, in two kernel calls (the numbers are the same): the fused
-        q/k/v projection, then rotary embedding, cache write and attention together."""
-        qkv = self.kernels.int8_linear(x, *_weights(attn.q_proj.group[0].linear))
+    def _attention_block_fused(self, h, layer, layer_cache, cos, sin, lengths) -> torch.Tensor:
+        """The same for one decoding query per row, in three kernel calls: norm and q/k/v projection; rotary
+        embedding, cache write and attention; o_proj and the residual."""
+        attn = layer.self_attn
+        qkv = self.kernels.int8_linear(h, *_weights(attn.q_proj.group[0].linear), None,
+                                       layer.input_layernorm.weight, self.eps)
         keys, values, start = layer_cache.room(1)
-        lengths, mask = plan
-        out = self.kernels.attend_decode(qkv, cos, sin, keys, values, start, lengths, mask, self.heads, self.kv_heads)
+        out = self.kernels.attend_decode(qkv, cos, sin, keys, values, start, lengths, self.heads, self.kv_heads)
         layer_cache.advance(1)
-        return self.kernels.int8_linear(out.view(x.shape[0], 1, -1), *_weights(attn.o_proj), h)
+        return self.kernels.int8_linear(out.view(h.shape[0], 1, -1), *_weights(attn.o_proj), h)
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         batch, queries = ids.shape
         h = self.embed(ids)
         cos, sin = self._rope(positions, h.dtype)
-        fused = self.kernels is not None and queries == 1 and all(
-            getattr(layer, "_k", None) is not None for layer in cache.layers)
-        if fused:  # what each row reads: its real key count (exact), or the batch's padding mask
-            plan = (mask.sum(dim=1), None) if self.exact else (mask.new_empty(0), mask.bool()[:, None, None, :])
-            block = self._attention_block_fused
+        if self.kernels is not None and queries == 1 and all(
+                getattr(layer, "_k", None) is not None for layer in cache.layers):
+            plan, block = mask.sum(dim=1), self._attention_block_fused  # each row's real key count
         else:
-            plan = self._plan(mask, queries)
-            block = self._attention_block
+            plan, block = self._plan(mask, queries), self._attention_block
         for layer, layer_cache in zip(self.layers, cache.layers):
-            x = F.rms_norm(h, (h.shape[-1],), layer.input_layernorm.weight, self.eps)
-            h = block(h, x, layer.self_attn, layer_cache, cos, sin, plan)
-            x = F.rms_norm(h, (h.shape[-1],), layer.post_attention_layernorm.weight, self.eps)
-            gate, up = self._project(x, layer.mlp.gate_proj, layer.mlp.up_proj)
+            h = block(h, layer, layer_cache, cos, sin, plan)
+            gate, up = self._normed(h, layer.post_attention_layernorm, layer.mlp.gate_proj, layer.mlp.up_proj)
             h = self._linear(layer.mlp.down_proj, F.silu(gate) * up, residual=h)
+        if self.kernels is not None:
+            return self.kernels.int8_linear(h[:, -1], *_weights(self.lm_head), None, self.norm.weight, self.eps)
         last = F.rms_norm(h[:, -1], (h.shape[-1],), self.norm.weight, self.eps)
         return self._linear(self.lm_head, last)
 
@@ -197,12 +207,15 @@ def _weights(layer: Int8Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def _fusable(model: torch.nn.Module) -> bool:
-    """The fused decode path needs every layer's q/k/v fused into one int8 matmul without bias (the kernel
-    splits its output) and an int8 o_proj: what :func:`corolab.backends.quantize.quantize_linears` makes of
-    a Llama-shaped float32 model."""
+    """The kernels' path needs what :func:`corolab.backends.quantize.quantize_linears` makes of a Llama-shaped
+    float32 model: q/k/v and gate/up each fused into one int8 layer without bias (the norm before them runs
+    inside that call), int8 o_proj, down_proj and LM head."""
+    if not isinstance(getattr(model, "lm_head", None), Int8Linear):
+        return False
     for layer in model.model.layers:
-        attn = layer.self_attn
-        if not (isinstance(attn.q_proj, FusedPart) and isinstance(attn.o_proj, Int8Linear)
-                and attn.q_proj.group[0].linear.bias is None and attn.q_proj.group[0].sizes[0] != 0):
+        attn, mlp = layer.self_attn, layer.mlp
+        fused = (attn.q_proj, mlp.gate_proj)
+        if not (all(isinstance(part, FusedPart) and part.group[0].linear.bias is None for part in fused)
+                and isinstance(attn.o_proj, Int8Linear) and isinstance(mlp.down_proj, Int8Linear)):
             return False
     return True
