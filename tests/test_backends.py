@@ -190,6 +190,19 @@ def test_sampling_per_row_settings_in_one_batch():
     assert [sample(logits[:1], [alone])[0] for _ in range(50)] == [sample(logits, crowd)[1] for _ in range(50)]
 
 
+def test_greedy_is_argmax_ties_to_the_first():
+    """``greedy`` takes ``max``'s indices for speed; they must be ``argmax``'s, ties included."""
+    torch = pytest.importorskip("torch")
+    from corolab.backends.sampling import greedy
+
+    torch.manual_seed(0)
+    logits = torch.randn(32, 49152)
+    logits[3, 10] = logits[3, 20] = 100.0  # a tie: the first wins
+    logits[5] = 0.0                        # all equal
+    assert torch.equal(greedy(logits), logits.argmax(dim=-1))
+    assert greedy(logits)[3] == 10 and greedy(logits)[5] == 0
+
+
 def test_the_cache_keeps_room_for_what_its_rows_can_still_generate(smol):
     """No more cache columns than the rows can use, and none reallocated while they decode: doubling alone
     held up to twice the columns needed (190 MB at 32 rows of the embedded model)."""
