@@ -35,8 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "alone or in a batch; none: the model's float weights (default auto: int8 on a CPU)")
     p.add_argument("--attention", default=d.attention, choices=("exact", "batched"),
                    help="exact: attention row by row, so a greedy reply is the same alone or in any batch; "
-                        "batched: one call for the batch, about 1.4x faster at 32 users, and a reply may change "
-                        "with the requests that share its steps (default exact)")
+                        "batched: one call for the batch, and a reply may change with the requests that share its "
+                        "steps. With the fused int8 kernels (a CPU with a C++ compiler) decoding is always row by "
+                        "row and batched changes only prefill (default exact)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="CPU threads for model work (default: the batched engine watches its CPU time and uses every "
                         "core, or every core but one while another process wants one; other engines every core "
