@@ -137,6 +137,27 @@ def test_attention_refuses_a_full_cache_and_a_bad_length(ops):
         ops.attend_decode(qkv, cos, sin, keys, values, 3, torch.tensor([5]), 4, 2)
 
 
+def test_the_kernels_can_be_turned_off(monkeypatch, capsys):
+    """``COROLAB_KERNELS=0``: no build, and ``ops()`` says so with ``None`` (the Python path runs)."""
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setenv("COROLAB_KERNELS", "0")
+    monkeypatch.setattr(kernels, "_build", lambda: pytest.fail("built although turned off"))
+    assert kernels.ops() is None
+
+
+def test_a_failed_build_falls_back_with_one_line(monkeypatch, capsys):
+    def broken():
+        raise RuntimeError("Ninja is required to load C++ extensions\nmore detail")
+
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.delenv("COROLAB_KERNELS", raising=False)
+    monkeypatch.setattr(kernels, "_build", broken)
+    assert kernels.ops() is None
+    err = capsys.readouterr().err
+    assert "fused kernels unavailable (RuntimeError: Ninja is required" in err and "more detail" not in err
+    assert "using the Python path" in err
+
+
 def _quantized_tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -53,18 +53,23 @@ def _build():  # -> torch.ops namespace
 
     from corolab.backends.embedded import cache_root
 
+    # torch's builder runs `ninja` from PATH; the pinned one is installed beside this interpreter, which a
+    # server started as `.venv/bin/python -m corolab serve` does not necessarily have on its PATH.
+    here = str(Path(sys.executable).parent)
+    if here not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
     flags = _flags()
     # The folder names what the build depends on: a new torch or other flags build anew.
     tag = f"torch{torch.__version__}-{'-'.join(f.strip('-') for f in flags[4:]) or 'generic'}".replace("+", "_")
     folder = cache_root() / "kernels" / tag
     folder.mkdir(parents=True, exist_ok=True)
+    verbose = bool(os.environ.get("COROLAB_KERNELS_VERBOSE"))  # the compiler's command lines and messages
     with FileLock(str(folder / ".lock")):
-        quiet = sys.stderr if os.environ.get("COROLAB_KERNELS_VERBOSE") else None
-        if not any(folder.glob("*.so")) and quiet is None:
-            print("corolab: building the fused int8 kernels (once per machine, about a minute)", file=sys.stderr)
+        if not any(folder.glob("*.so")):
+            print("corolab: building the fused int8 kernels (once per machine, under a minute)", file=sys.stderr)
         cpp_extension.load(name="corolab_kernels", sources=[str(SOURCE)], extra_cflags=flags,
                            extra_ldflags=["-fopenmp"], build_directory=str(folder), is_python_module=False,
-                           verbose=quiet is not None)
+                           verbose=verbose)
     return torch.ops.corolab
 
 
@@ -76,8 +81,9 @@ def ops():  # -> torch.ops.corolab | None
     if os.environ.get("COROLAB_KERNELS", "1") != "0":
         try:
             result = _build()
-        except Exception as exc:  # no compiler, no ninja, a failed build: the Python path does the same work
-            print(f"corolab: fused kernels unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-                  "using the Python path", file=sys.stderr)
+        except Exception as exc:  # no compiler, no ninja, a failed build: the Python path serves the same model
+            first = (str(exc).splitlines() or [""])[0][:200]
+            print(f"corolab: fused kernels unavailable ({type(exc).__name__}: {first}); using the Python path "
+                  "(COROLAB_KERNELS_VERBOSE=1 shows the build)", file=sys.stderr)
     _state["ops"] = result
     return result
