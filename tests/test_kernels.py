@@ -30,10 +30,12 @@ def ops():
     return loaded
 
 
-@pytest.mark.parametrize("rows,width,outputs", [(1, 64, 48), (7, 96, 80), (32, 576, 1728), (3, 64, 9000)])
+@pytest.mark.parametrize("rows,width,outputs", [(1, 64, 48), (2, 100, 37), (4, 1536, 50), (7, 96, 80),
+                                                (32, 576, 1728), (3, 64, 9000)])
 def test_int8_linear_is_the_python_layer_bit_for_bit(ops, rows, width, outputs):
-    """Quantize, ``_int_mm``, dequantize: one call. 9,000 outputs span several column blocks of the kernel;
-    one loud row checks that each row keeps its own scale."""
+    """Quantize, matmul, dequantize: one call. Up to 4 rows take the VNNI matmul (100 and 1,536 inputs leave a
+    part of a 64-byte block; 37 and 50 outputs a part of a 4-row group), more take ``_int_mm``; 9,000
+    outputs span several column blocks. One loud row checks that each row keeps its own scale."""
     torch.manual_seed(rows)
     layer = Int8Linear(torch.nn.Linear(width, outputs, bias=False))
     x = torch.randn(rows, 1, width)
