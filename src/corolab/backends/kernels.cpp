@@ -1,7 +1,8 @@
 // Fused CPU kernels for the int8 path (corolab.backends.kernels builds and loads this file).
 //
 // Why C++. At one stream an int8 decode step of SmolLM2-135M spent about as long issuing some 3,000 small
-// torch calls from Python as in its matmuls. Here a layer is five calls (RESULTS.md has the measurements).
+// torch calls from Python as in its matmuls. Here a decode layer is five of these calls and three small torch
+// ones (RESULTS.md).
 //   * int8_linear: Int8Linear.forward bit for bit (quantize each row, integer matmul, dequantize), with the
 //     residual add after it and, optionally, the RMSNorm before it.
 //   * attend_decode: rotary embedding, cache write and softmax attention for one decoding query per row.
