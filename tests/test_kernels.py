@@ -135,8 +135,10 @@ def test_attention_refuses_a_full_cache_and_a_bad_length(ops):
     qkv, cos, sin, keys, values = _attention_inputs(1, 5)  # room for 8 columns
     with pytest.raises(RuntimeError, match="no room"):
         ops.attend_decode(qkv, cos, sin, keys, values, 8, torch.tensor([1]), 4, 2)
+    before = keys.clone(), values.clone()
     with pytest.raises(RuntimeError, match="keys of"):
         ops.attend_decode(qkv, cos, sin, keys, values, 3, torch.tensor([5]), 4, 2)
+    assert torch.equal(keys, before[0]) and torch.equal(values, before[1])  # refused before writing
 
 
 def test_the_kernels_can_be_turned_off(monkeypatch, capsys):

@@ -355,13 +355,14 @@ class HFBackend(Backend):
             self._quantize()
         from corolab.backends.llama_forward import LlamaForward, supports
 
-        kernels = None
-        if self.quantization != "none" and supports(self.model):
-            from corolab.backends.kernels import ops
+        self.lean = None
+        if supports(self.model):
+            kernels = None
+            if self.quantization != "none":
+                from corolab.backends.kernels import ops
 
-            kernels = ops()  # fused int8 kernels, the same numbers in fewer calls; None: the Python path
-        self.lean = (LlamaForward(self.model, exact=self.attention == "exact", kernels=kernels)
-                     if supports(self.model) else None)
+                kernels = ops()  # fused int8 kernels, fewer calls per step; None: the Python path
+            self.lean = LlamaForward(self.model, exact=self.attention == "exact", kernels=kernels)
         if self.prefix_cache:
             self.prefixes = PrefixStore(self._prefix_kv)
         weights = "int8 weights, " if self.quantization != "none" else ""

@@ -64,9 +64,6 @@ void rms_norm_rows(const float* x, int64_t rows, int64_t k, const float* weight,
   });
 }
 
-// Per row of x [R, K]: amax = max|x| clamped to 1e-12, codes = round(x * (1/amax * 127)) as int8.
-// Python: amax = rows.abs().amax(-1, keepdim=True).clamp_(min=1e-12); q = (rows * (127.0 / amax)).round_()...
-// (`127.0 / t` is `t.reciprocal() * 127.0` in torch: two roundings, kept here.)
 #ifdef COROLAB_X86
 bool has_vnni() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -97,7 +94,10 @@ float quantize_row_avx512(const float* __restrict row, int64_t k, int8_t* __rest
 }
 #endif
 
-// One row. A function of its own with restrict pointers and values, not a lambda's captures: an int8 store
+// One row of x [R, K]: amax = max|x| clamped to 1e-12, codes = round(x * (1/amax * 127)) as int8.
+// Python: amax = rows.abs().amax(-1, keepdim=True).clamp_(min=1e-12); q = (rows * (127.0 / amax)).round_()...
+// (`127.0 / t` is `t.reciprocal() * 127.0` in torch: two roundings, kept here.)
+// A function of its own with restrict pointers and values, not a lambda's captures: an int8 store
 // may alias anything (char), so in the lambda the compiler reloaded k from memory after every store and
 // could not vectorize (measured: 32 rows x 1536 took 55 us, now a few).
 float quantize_row(const float* __restrict row, int64_t k, int8_t* __restrict out) {
@@ -125,8 +125,7 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, int8_t* codes, float
   });
 }
 
-// y = float(acc) * (amax[r] * scale[n]) (+ bias[n]) ; then residual + y when a residual is given.
-// One row's columns [from, to): float(acc) * (amax * scale) (+ bias) (residual +).
+// One row's columns [from, to): y = float(acc) * (amax * scale) (+ bias), then residual + y when given.
 void dequantize_span(const int32_t* __restrict a, float m, const float* __restrict scale,
                      const float* __restrict bias, const float* __restrict residual, int64_t from, int64_t to,
                      float* __restrict y) {
@@ -356,6 +355,15 @@ at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at:
   float* qp = q.mutable_data_ptr<float>();
   float* kp = keys.mutable_data_ptr<float>();
   float* vp = values.mutable_data_ptr<float>();
+  const int64_t filled = start + 1;
+  auto lengths_c = lengths.to(at::kLong).contiguous();
+  TORCH_CHECK(lengths_c.numel() == b, "attend_decode: one length per row expected");
+  const int64_t* lp = lengths_c.const_data_ptr<int64_t>();
+  for (int64_t row = 0; row < b; ++row) {
+    TORCH_CHECK(lp[row] >= 1 && lp[row] <= filled, "attend_decode: row ", row, " has ", lp[row], " keys of ", filled);
+  }
+  TORCH_CHECK(d <= 256, "attend_decode: head size up to 256");
+  // Checked above, written below: a refused call leaves the cache as it was.
   const int64_t width = (heads + 2 * kv_heads) * d;
   for (int64_t row = 0; row < b; ++row) {
     const float* in = src + row * width;
@@ -370,14 +378,6 @@ at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at:
       for (int64_t i = 0; i < d; ++i) vdst[i] = vin[i];
     }
   }
-  const int64_t filled = start + 1;
-  auto lengths_c = lengths.to(at::kLong).contiguous();
-  TORCH_CHECK(lengths_c.numel() == b, "attend_decode: one length per row expected");
-  const int64_t* lp = lengths_c.const_data_ptr<int64_t>();
-  for (int64_t row = 0; row < b; ++row) {
-    TORCH_CHECK(lp[row] >= 1 && lp[row] <= filled, "attend_decode: row ", row, " has ", lp[row], " keys of ", filled);
-  }
-  TORCH_CHECK(d <= 256, "attend_decode: head size up to 256");
   auto out = at::empty({b, heads * d}, qkv.options());
   float* op = out.mutable_data_ptr<float>();
   const int64_t group = heads / kv_heads;

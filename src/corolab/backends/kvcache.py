@@ -46,17 +46,16 @@ class GrowableLayer(DynamicLayer):
             self.set(key_states, value_states)
             return self.keys, self.values
         n = key_states.shape[-2]
-        if self.length + n > self._k.shape[-2]:
-            self.set(self.keys, self.values, spare=max(64, self.length + n))
-        self._k[:, :, self.length : self.length + n] = key_states
-        self._v[:, :, self.length : self.length + n] = value_states
-        self.length += n
-        self._expose()
+        keys, values, start = self.room(n)
+        keys[:, :, start : start + n] = key_states
+        values[:, :, start : start + n] = value_states
+        self.advance(n)
         return self.keys, self.values
 
     def room(self, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """For a kernel that writes ``n`` columns in place (:mod:`corolab.backends.kernels`): the key and value
-        buffers, grown if they lack the room, and the column to write at. :meth:`advance` then exposes them."""
+        """The key and value buffers, grown if they lack room for ``n`` more columns, and the column to write at;
+        :meth:`advance` then exposes what was written. ``update`` writes through it, and so does a kernel that
+        writes in place (:mod:`corolab.backends.kernels`)."""
         assert self._k is not None and self._v is not None
         if self.length + n > self._k.shape[-2]:
             self.set(self.keys, self.values, spare=max(64, self.length + n))

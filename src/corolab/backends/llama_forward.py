@@ -155,9 +155,8 @@ class LlamaForward:
                 group.sizes, dim=-1)
         x = F.rms_norm(h, (h.shape[-1],), norm.weight, self.eps)
         if isinstance(first, FusedPart):
-            group = first.group[0]
-            return self._linear(group.linear, x).split(group.sizes, dim=-1)
-        return (self._linear(first, x), *(self._linear(layer, x) for layer in rest))
+            return first.group[0].compute(x)
+        return (first(x), *(layer(x) for layer in rest))
 
     def _attention_block(self, h, layer, layer_cache, cos, sin, plan) -> torch.Tensor:
         """``h + o_proj(attention(norm(h)))``, op by op."""
