@@ -66,6 +66,26 @@ def test_every_graded_test_fails_on_some_broken_variant(lab, tmp_path: Path) -> 
     assert set(catalogue) - caught == set(), "these tests never fail, so they prove nothing"
 
 
+@pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
+def test_every_graded_test_observes_what_the_code_computed_from_the_seed(lab) -> None:
+    """The verdict is decided outside the box by comparing observations with the reference's, so each
+    test must observe something (else any submission whose box says "passed" would pass it), the same
+    thing twice for one seed (else an honest submission could fail by chance), and something else for
+    another seed (else a submission could carry the answers in)."""
+    from corolab.labs import grading
+
+    def observations(seed: int) -> dict[str, list]:
+        grading._references.clear()  # run the reference again, not from the cache
+        return grading.reference_observations(lab, seed)
+
+    first, again, other = observations(1234), observations(1234), observations(98765)
+    assert set(first) == set(graded_tests(lab))
+    for name in first:
+        assert first[name], f"{lab.name}::{name} observes nothing"
+        assert first[name] == again[name], f"{lab.name}::{name} observes different values for one seed"
+        assert first[name] != other[name], f"{lab.name}::{name} observes the same values for two seeds"
+
+
 def test_every_graded_test_has_points_and_a_hint() -> None:
     for lab in LABS:
         for name, (max_points, hint) in graded_tests(lab).items():

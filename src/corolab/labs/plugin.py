@@ -1,23 +1,31 @@
-"""The pytest plugin the grader loads in its child process.
+"""The pytest plugin the grader loads in its child process, next to the student's code.
 
-It gives graded tests a ``student`` fixture (the student's file imported as a module) and writes one
-record per finished test to the results descriptor the grader opened for it, as soon as the test ends,
-so that a later crash or timeout loses nothing already graded.
+It gives graded tests three fixtures:
 
-Why records are signed: student code runs in this same process. Each record carries an HMAC made with a
-key the grader passed through a descriptor that this module reads and closes before any student code
-runs, and a sequence number; so a submission that writes records of its own, or replays them, is caught.
-What this cannot stop: code in the same process can, with enough effort, find the key in memory or
-change pytest's outcomes before they reach this plugin. The grader's docs say so.
+``student``
+    the student's file imported as a module (once per run);
+``rng`` and ``seed``
+    a random generator and an integer drawn from the run's seed (``COROLAB_SEED``, chosen by the grader
+    for each grading run) and the test's name, so inputs change from run to run but not with test order;
+``observe``
+    ``observe(value)`` records plain data (None, bool, int, float, str, lists, tuples, dicts with string
+    keys) that the student's code produced.
+
+It writes one record per test to the results descriptor the grader opened: when the test starts (so a
+hang can be named) and when it ends (its outcome, message and observations).
+
+Nothing here is trusted. Student code runs in this process and can rewrite this module, pytest or the
+records. The grader decides each verdict outside the box: a test passes only if its observations equal
+those the reference solution gives for the same seed (see :mod:`corolab.labs.grading`). A record can lie
+about an outcome; it cannot know the reference's observations for a seed drawn after it was written.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import importlib.util
 import json
 import os
+import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,41 +33,31 @@ from types import ModuleType
 
 import pytest
 
+#: One test's observations, as JSON, may take this many characters; more fails the test.
+MAX_OBSERVED_CHARS = 64_000
+
 _module: ModuleType | None = None
 _import_error: str | None = None
+_observed: dict[str, list] = {}
 
 
-def _make_writer() -> Callable[[dict], None]:
-    """Take the results descriptor and the key out of the environment; return the only way to write."""
+def _writer() -> Callable[[dict], None]:
     fd = os.environ.pop("COROLAB_RESULTS_FD", None)
-    key_fd = os.environ.pop("COROLAB_KEY_FD", None)
-    if fd is None or key_fd is None:
+    if fd is None:
         return lambda record: None
-    with os.fdopen(int(key_fd), "rb") as f:
-        key = f.read()
     out = int(fd)
-    state = {"seq": 0}
 
     def write(record: dict) -> None:
-        body = dict(record, seq=state["seq"], pid=os.getpid())
-        state["seq"] += 1
-        text = json.dumps(body, sort_keys=True)
-        mac = hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
-        os.write(out, (json.dumps({"record": text, "mac": mac}) + "\n").encode())
+        os.write(out, (json.dumps(record, sort_keys=True) + "\n").encode())
 
     return write
 
 
-_emit = _make_writer()
+_emit = _writer()
+_SEED = os.environ.get("COROLAB_SEED", "0")
 
 
-def _write(record: dict) -> None:
-    """The writer's old name, kept: the hooks write through ``_emit`` as captured at import, so a
-    submission that replaces this changes no record, and the session end reports the replacement."""
-    _emit(record)
-
-
-def _load_student(emit: Callable[[dict], None] = _emit) -> ModuleType:
+def _load_student() -> ModuleType:
     global _module, _import_error
     if _module is not None:
         return _module
@@ -76,7 +74,7 @@ def _load_student(emit: Callable[[dict], None] = _emit) -> ModuleType:
     except BaseException as exc:  # SystemExit from exit() too: the import failed either way
         sys.modules.pop(name, None)
         _import_error = f"importing {path.name} failed: {type(exc).__name__}: {exc}"
-        emit({"kind": "import-error", "message": _import_error})
+        _emit({"kind": "import-error", "message": _import_error})
         pytest.fail(_import_error, pytrace=False)
     _module = module
     return module
@@ -86,6 +84,46 @@ def _load_student(emit: Callable[[dict], None] = _emit) -> ModuleType:
 def student() -> ModuleType:
     """The student's module, imported once per grading run."""
     return _load_student()
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    """A generator seeded by the run's seed and this test's name: the same in any order or process."""
+    return random.Random(f"{_SEED}:{request.node.name}")
+
+
+@pytest.fixture
+def seed(rng: random.Random) -> int:
+    return rng.randrange(1, 2**31)
+
+
+@pytest.fixture
+def observe(request: pytest.FixtureRequest) -> Callable[[object], None]:
+    """Record what the student's code produced; the grader compares it with the reference's."""
+    found = _observed.setdefault(request.node.nodeid, [])
+
+    def record(value: object) -> None:
+        found.append(_plain(value))
+        if len(json.dumps(found)) > MAX_OBSERVED_CHARS:
+            pytest.fail(f"more than {MAX_OBSERVED_CHARS} characters observed in one test", pytrace=False)
+
+    return record
+
+
+def _plain(value: object, depth: int = 0) -> object:
+    """``value`` as JSON data; anything else fails the test, so no two different objects look alike."""
+    if depth > 20:
+        pytest.fail("an observed value is nested too deeply", pytrace=False)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v, depth + 1) for k, v in value.items()}
+    pytest.fail(f"observed a {type(value).__name__}, which is not plain data (the test should convert it)",
+                pytrace=False)
 
 
 def _meta(item: pytest.Item) -> tuple[int, str]:
@@ -101,47 +139,50 @@ def _params(item: pytest.Item) -> str:
     return ", ".join([declared] * bool(declared) + given)
 
 
-def _hooks(emit: Callable[[dict], None]):  # type: ignore[no-untyped-def]
-    """The hooks, each holding ``emit`` in its closure: pytest registers these function objects when it
-    loads the plugin, so replacing ``_write``, ``_emit`` or a hook on this module later changes nothing;
-    the session end reports any such replacement, and the grader refuses the run."""
-    original: dict[str, object] = {}  # filled below, once every name exists
-
-    def pytest_sessionstart(session: pytest.Session) -> None:
-        emit({"kind": "session-start"})
-
-    def pytest_collection_finish(session: pytest.Session) -> None:
-        """List every graded test before any runs: the grader needs the full list even if the run dies."""
-        for item in session.items:
-            max_points, hint = _meta(item)
-            emit({"kind": "catalogue", "name": item.name, "max_points": max_points, "hint": hint})
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
-        outcome = yield
-        report = outcome.get_result()
-        failed_setup = report.when == "setup" and report.failed
-        if report.when == "call" or failed_setup:
-            message = ""
-            if report.failed:
-                message = "failed"
-                if call.excinfo is not None:
-                    text = str(call.excinfo.value).strip()
-                    first_line = text.splitlines()[0] if text else ""
-                    message = f"{call.excinfo.typename}: {first_line}"[:300] if first_line else call.excinfo.typename
-                    if call.excinfo.typename == "Failed" and first_line:
-                        message = first_line[:300]
-            max_points, hint = _meta(item)
-            emit({"kind": "test", "name": item.name, "passed": report.passed, "max_points": max_points,
-                  "hint": hint, "message": message, "params": _params(item)})
-
-    def pytest_sessionfinish(session: pytest.Session) -> None:
-        changed = sorted(name for name, value in original.items() if globals().get(name) is not value)
-        emit({"kind": "session-end", "replaced": changed})
-
-    return original, (pytest_sessionstart, pytest_collection_finish, pytest_runtest_makereport, pytest_sessionfinish)
+def _message(call: pytest.CallInfo) -> str:
+    if call.excinfo is None:
+        return "failed"
+    text = str(call.excinfo.value).strip()
+    first_line = text.splitlines()[0] if text else ""
+    if call.excinfo.typename == "Failed" and first_line:
+        return first_line[:300]
+    return f"{call.excinfo.typename}: {first_line}"[:300] if first_line else call.excinfo.typename
 
 
-_original, (pytest_sessionstart, pytest_collection_finish, pytest_runtest_makereport, pytest_sessionfinish) = _hooks(_emit)
-_original.update({name: value for name, value in dict(globals()).items()
-                  if callable(value) and getattr(value, "__module__", None) == __name__})
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _emit({"kind": "session-start"})
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the tests an earlier box of this grading already ran (``COROLAB_SKIP``, a JSON list)."""
+    skip = set(json.loads(os.environ.get("COROLAB_SKIP", "[]")))
+    if skip:
+        kept = [item for item in items if item.name not in skip]
+        config.hook.pytest_deselected(items=[item for item in items if item.name in skip])
+        items[:] = kept
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """List every graded test before any runs: the grader needs the full list even if the run dies."""
+    for item in session.items:
+        max_points, hint = _meta(item)
+        _emit({"kind": "catalogue", "name": item.name, "max_points": max_points, "hint": hint})
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple) -> None:
+    _emit({"kind": "start", "name": nodeid.rsplit("::", 1)[-1]})
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    outcome = yield
+    report = outcome.get_result()
+    failed_setup = report.when == "setup" and report.failed
+    if report.when == "call" or failed_setup:
+        _emit({"kind": "test", "name": item.name, "passed": report.passed,
+               "message": _message(call) if report.failed else "", "params": _params(item),
+               "observed": _observed.pop(item.nodeid, [])})
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _emit({"kind": "session-end"})

@@ -29,6 +29,7 @@ class Lab:
     timeout: float       # seconds one submission may run under the grader
     root: Path
     memory_mb: int = 1024  # address space each of its processes may reserve (lab.toml: memory_mb)
+    test_timeout: float = 20.0  # seconds one test may run before the grader stops it and goes on (lab.toml)
 
     @property
     def name(self) -> str:
@@ -119,6 +120,7 @@ def load_lab(folder: Path) -> Lab:
         timeout=float(meta.get("timeout", 60)),
         root=folder,
         memory_mb=int(meta.get("memory_mb", 1024)),
+        test_timeout=float(meta.get("test_timeout", 20)),
     )
 
 
