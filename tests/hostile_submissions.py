@@ -45,16 +45,12 @@ def attack(lab, body: str, base: str = "partial") -> str:
 
 
 def forge_through_descriptors(lab) -> str:
-    """(a) Write passing records to every file descriptor this process can write, old format and new."""
+    """Write passing records, with made-up observations, to every file descriptor this process can write."""
     return attack(lab, """
         import json as _json, os as _os
         _names = ["test_read_lines_yields_lines", "test_top_paths"]
-        _lines = "".join(_json.dumps({"kind": "test", "name": n, "passed": True, "max_points": 2, "hint": "",
-                                      "message": ""}) + "\\n" for n in _names)
-        _lines += "".join(_json.dumps({"record": _json.dumps({"kind": "test", "name": n, "passed": True}),
-                                       "mac": "0" * 64}) + "\\n" for n in _names)
-        if _os.environ.get("COROLAB_RESULTS"):
-            open(_os.environ["COROLAB_RESULTS"], "a").write(_lines)
+        _lines = "".join(_json.dumps({"kind": "test", "name": n, "passed": True, "message": "", "observed": [[]]})
+                         + "\\n" for n in _names)
         for _fd in map(int, _os.listdir("/proc/self/fd")):
             try:
                 _os.write(_fd, _lines.encode())
@@ -63,14 +59,122 @@ def forge_through_descriptors(lab) -> str:
     """)
 
 
+def call_the_plugins_writer(lab, names: list[str]) -> str:
+    """(1) Write a passing record for every test through the plugin's own writer, end the session, exit."""
+    return attack(lab, f"""
+        import os as _os, sys as _sys
+        _plugin = _sys.modules["corolab.labs.plugin"]
+        for _name in {names!r}:
+            _plugin._emit({{"kind": "test", "name": _name, "passed": True, "message": "", "params": "",
+                           "observed": []}})
+        _plugin._emit({{"kind": "session-end"}})
+        _os._exit(0)
+    """)
+
+
+def patch_pytest_reports(lab) -> str:
+    """(2) Two lines at import: every report says passed."""
+    return attack(lab, """
+        import _pytest.reports as _reports
+        _reports.BaseReport.passed = property(lambda self: True)
+        _reports.BaseReport.failed = property(lambda self: False)
+    """)
+
+
+def hook_through_gc(lab) -> str:
+    """(3) Find pytest's Config through gc and register a hook that turns every report into a pass."""
+    return attack(lab, """
+        import gc as _gc
+        import pytest as _pytest
+        from _pytest.config import Config as _Config
+
+        class _Flip:
+            @_pytest.hookimpl(hookwrapper=True, tryfirst=True)
+            def pytest_runtest_makereport(self, item, call):
+                outcome = yield
+                outcome.get_result().outcome = "passed"
+
+        for _obj in _gc.get_objects():
+            if isinstance(_obj, _Config):
+                _obj.pluginmanager.register(_Flip(), "flip")
+                break
+    """)
+
+
 def replace_the_writer(lab) -> str:
-    """(b) Replace the plugin's writer through sys.modules at import, so every record says "passed"."""
+    """Replace the plugin's writer through sys.modules at import, so every record says "passed"."""
     return attack(lab, """
         import sys as _sys
         _plugin = _sys.modules["corolab.labs.plugin"]
-        for _name in ("_write", "_emit"):
-            _real = getattr(_plugin, _name)
-            setattr(_plugin, _name, lambda record, _real=_real: _real(dict(record, passed=True, message="")))
+        _real = _plugin._emit
+        _plugin._emit = lambda record, _real=_real: _real(dict(record, passed=True, message=""))
+    """)
+
+
+def find_and_run_others(lab, roots: list[str], base: str = "starter") -> str:
+    """(6, 7) Search the folders it can see for another copy of the lab's module (a classmate's, the
+    solution, the repository's) and run the first one found in its own namespace."""
+    source = lab.starter.read_text() if base == "starter" else partial(lab)
+    return source + "\n\n# --- hostile part ---\n" + textwrap.dedent(f"""
+        import os as _os
+        _mine = _os.path.realpath(__file__)
+        _found = []
+        for _root in {roots!r}:
+            for _dir, _subdirs, _files in _os.walk(_root):
+                if _dir.count(_os.sep) > 12:
+                    _subdirs[:] = []
+                for _f in _files:
+                    _path = _os.path.realpath(_os.path.join(_dir, _f))
+                    if _f == {lab.module!r} and _path != _mine:
+                        _found.append(_path)
+        for _path in _found:
+            try:
+                exec(compile(open(_path).read(), _path, "exec"), globals())
+                break
+            except Exception:
+                pass
+    """)
+
+
+def keyring(lab, description: str, store: bool) -> str:
+    """Store a key in the user's kernel keyring, or look for one an earlier run stored; say what happened."""
+    return attack(lab, f"""
+        import ctypes as _c, platform as _platform
+        _nr = {{"x86_64": (248, 250), "aarch64": (217, 219)}}[_platform.machine()]
+        _libc = _c.CDLL(None, use_errno=True)
+        if {store!r}:
+            _r = _libc.syscall(_nr[0], b"user", {description.encode()!r}, b"secret", 6, -4)
+        else:
+            _r = _libc.syscall(_nr[1], 10, -4, b"user", {description.encode()!r}, 0)  # KEYCTL_SEARCH
+        raise SystemExit(f"keyring call={{_r}} errno={{_c.get_errno()}}")
+    """)
+
+
+def connect_unix(lab, path: str) -> str:
+    return attack(lab, f"""
+        import socket as _socket
+        _s = _socket.socket(_socket.AF_UNIX)
+        try:
+            _s.connect({path!r})
+            _s.sendall(b"hello from the box")
+            _outcome = "connected"
+        except OSError as _exc:
+            _outcome = f"refused: {{_exc.strerror}}"
+        raise SystemExit(f"unix socket {{_outcome}}")
+    """)
+
+
+def fork_bomb_for(lab, tag: str, seconds: float) -> str:
+    """Keep every process slot it can get for ``seconds``, retrying, then carry on as the partial solution."""
+    return attack(lab, f"""
+        import os as _os, sys as _sys, time as _time
+        _end = _time.monotonic() + {seconds!r}
+        while _time.monotonic() < _end:
+            try:
+                if _os.fork() == 0:
+                    _os.execv(_sys.executable, [_sys.executable, "-c", "import time; time.sleep(20)", {tag!r}])
+            except OSError:
+                _time.sleep(0.01)
     """)
 
 

@@ -2,7 +2,11 @@
 
 Layout: ``SUBMISSIONS/<student>.py`` or ``SUBMISSIONS/<student>/<module>.py`` (the lab's module name;
 a folder with exactly one ``.py`` file is accepted too). Each submission is graded in its own sandbox,
-several at a time, all from one copy of the lab's tests taken before the first submission runs.
+several at a time, all from one copy of the lab's tests taken before the first submission runs, with one
+seed drawn for the class and the reference solution's observations for it computed once.
+
+Grading never stops for one submission: whatever goes wrong with it (a link, an unreadable file, a fault
+of the grader's own) becomes that row's status and reason, and the other rows are graded as usual.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from corolab.labs.grading import LabResult, grade, graded_tests, snapshot_tests
+from corolab.labs.grading import LabResult, _fill, grade, graded_tests, new_seed, reference_observations, snapshot_tests
 from corolab.labs.registry import Lab, LabError
 from corolab.labs.sandbox import Limits
 
@@ -30,10 +34,13 @@ def find_submissions(lab: Lab, folder: Path) -> dict[str, Path]:
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_file() and entry.suffix == ".py":
+        if entry.is_symlink():  # graded as refused: a link is never followed
+            found[entry.stem if entry.suffix == ".py" else entry.name] = entry
+        elif entry.is_file() and entry.suffix == ".py":
             found[entry.stem] = entry
         elif entry.is_dir():
-            candidates = [entry / lab.module] if (entry / lab.module).exists() else sorted(entry.glob("*.py"))
+            candidates = ([entry / lab.module] if os.path.lexists(entry / lab.module)
+                          else sorted(entry.glob("*.py")))
             found[entry.name] = candidates[0] if len(candidates) == 1 else entry / lab.module
     if not found:
         raise LabError(f"no submissions in {folder}: expected <student>.py files or <student>/ folders")
@@ -49,13 +56,19 @@ def grade_folder(lab: Lab, folder: Path, jobs: int | None = None, timeout: float
     private = Path(tempfile.mkdtemp(prefix="corolab-tests-"))
     try:
         tests = snapshot_tests(lab, private)
+        seed = new_seed()
+        reference = reference_observations(lab, seed, tests, limits, catalogue)
         with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(
                 total=len(submissions), desc=f"grading lab {lab.number:02d}", unit="submission",
                 disable=not progress) as bar:
-            futures = {name: pool.submit(grade, lab, path, timeout, catalogue, limits, tests)
+            futures = {name: pool.submit(grade, lab, path, timeout, catalogue, limits, tests, seed, reference)
                        for name, path in submissions.items()}
             for name, future in futures.items():
-                results[name] = future.result()
+                try:
+                    results[name] = future.result()
+                except Exception as exc:  # the grader's own fault: this row says so, the class goes on
+                    results[name] = _fill(LabResult(lab, submissions[name], "error",
+                                                    detail=f"{type(exc).__name__}: {exc}"), catalogue, {})
                 bar.update(1)
     finally:
         for path in sorted(private.rglob("*"), reverse=True):
@@ -68,8 +81,8 @@ def write_csv(results: dict[str, LabResult], path: Path) -> None:
     names = [t.name for t in next(iter(results.values())).tests]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["student", "status", *names, "total", "max", "seconds"])
+        writer.writerow(["student", "status", *names, "total", "max", "seconds", "detail"])
         for student, result in results.items():
             points = {t.name: t.points for t in result.tests}
-            writer.writerow([student, result.status, *(points[n] for n in names), result.score, result.max_score,
-                             f"{result.elapsed:.1f}"])
+            writer.writerow([student, result.status, *(points.get(n, 0) for n in names), result.score,
+                             result.max_score, f"{result.elapsed:.1f}", result.detail])

@@ -168,7 +168,12 @@ def reference_observations(lab: Lab, seed: int, tests: Path | None = None, limit
         if result.status != "ok" or failed:
             why = "; ".join(f"{t.name}: {t.message}" for t in failed[:3]) or result.detail
             raise LabError(f"{lab.name}: the reference solution does not pass its own tests ({result.status}): {why}")
-        _references[key] = {name: record.get("observed", []) for name, record in records.items()}
+        observed = {name: record.get("observed", []) for name, record in records.items()}
+        blind = [name for name, values in observed.items() if not values]
+        if blind:  # its verdict would be the box's word alone, which a submission can forge
+            raise LabError(f"{lab.name}: these tests observe nothing, so no verdict on them can be checked: "
+                           f"{', '.join(blind)} (each graded test must observe() what the code computed)")
+        _references[key] = observed
     return _references[key]
 
 
@@ -322,6 +327,11 @@ def _grade_source(lab: Lab, source: bytes, tests: Path, timeout: float, limits: 
         detail = f"stopped after {timeout:g} s"
     result = _judge(LabResult(lab, Path(), status, detail=detail), catalogue, seen, reference)
     return result, seen
+
+
+def _fill(result: LabResult, catalogue: Catalogue, seen: dict[str, dict]) -> LabResult:
+    """A result with every catalogue test listed (0 points where nothing was seen)."""
+    return _judge(result, catalogue, seen, None)
 
 
 def _judge(result: LabResult, catalogue: Catalogue, seen: dict[str, dict], reference: Observations | None) -> LabResult:
