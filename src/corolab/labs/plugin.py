@@ -77,6 +77,7 @@ def _load_student() -> ModuleType:
         _emit({"kind": "import-error", "message": _import_error})
         pytest.fail(_import_error, pytrace=False)
     _module = module
+    _emit({"kind": "imported"})
     return module
 
 
