@@ -53,11 +53,23 @@ def _guarded(fn):  # type: ignore[no-untyped-def]
     return run
 
 
+ROMAN = {"I": 1, "V": 5, "X": 10}
+
+
+def _reading_order(lab) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """(part, number): a lab's place in the book, from its chapter ("Part III: ..."); unknown parts last."""
+    part = lab.chapter.removeprefix("Part ").split(":", 1)[0].strip()
+    if not part or set(part) - set(ROMAN):
+        return (99, lab.number)
+    values = [ROMAN[c] for c in part]
+    return (sum(-v if v < w else v for v, w in zip(values, values[1:] + [0])), lab.number)
+
+
 @_guarded
 def _list(args: argparse.Namespace) -> int:
     from corolab.labs.registry import all_labs
 
-    labs = all_labs()
+    labs = sorted(all_labs(), key=_reading_order)  # the book's order: Lab 8 (Part III) before Lab 3 (Part IV)
     # Size the title column to the longest title, so the chapter column lines up whatever the titles are.
     width = max((len(lab.title) for lab in labs), default=0)
     for lab in labs:
@@ -68,14 +80,30 @@ def _list(args: argparse.Namespace) -> int:
 @_guarded
 def _start(args: argparse.Namespace) -> int:
     from corolab.labs.registry import get_lab
-    from corolab.labs.workspace import start
+    from corolab.labs.workspace import lab_script, start
 
     lab = get_lab(args.number)
     target = start(lab, args.dir, args.force)
     print(f"Lab {lab.number:02d} ({lab.title}) is ready: edit {target}")
-    print(f"The task is in {target.parent / 'README.md'}. Open the folder in JupyterLab (bash scripts/lab.sh).")
+    if script := lab_script(lab):
+        print(f"The task is in {target.parent / 'README.md'}. JupyterLab with the book: bash {script}")
+    else:
+        print(f"The task is in {target.parent / 'README.md'}. Edit the file in any editor (or: jupyter lab "
+              f"{target.parent}, where JupyterLab is installed).")
     print(f"Check your work any time with:  corolab lab check {lab.number} {target}")
     return 0
+
+
+def require_pytest() -> None:
+    """The graded tests run under pytest in this interpreter: say so plainly when it is missing."""
+    import importlib.util
+
+    missing = [name for name in ("pytest", "pytest_asyncio") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise LabError(f"{' and '.join(m.replace('_', '-') for m in missing)} "
+                       f"{'is' if len(missing) == 1 else 'are'} not installed; the graded tests need "
+                       f"{'it' if len(missing) == 1 else 'them'}. Install the labs extra: "
+                       f"pip install 'corolab[labs]' (or, from a wheel, 'corolab-0.1.0-py3-none-any.whl[labs]')")
 
 
 @_guarded
@@ -85,6 +113,7 @@ def _check(args: argparse.Namespace) -> int:
     from corolab.labs.report import format_report
     from corolab.labs.workspace import find_target
 
+    require_pytest()
     lab = get_lab(args.number)
     result = grade(lab, find_target(lab, args.path), args.timeout)
     print(format_report(result))
@@ -98,6 +127,7 @@ def _grade(args: argparse.Namespace) -> int:
     from corolab.labs.batch import grade_folder, write_csv
     from corolab.labs.registry import get_lab
 
+    require_pytest()
     lab = get_lab(args.number)
     started = time.perf_counter()
     results = grade_folder(lab, args.submissions, jobs=args.jobs, timeout=args.timeout)
@@ -107,8 +137,8 @@ def _grade(args: argparse.Namespace) -> int:
     problems = {s: r for s, r in results.items() if r.status != "ok"}
     print(f"graded {len(results)} submissions in {elapsed:.1f} s: {full} at full marks; CSV: {args.csv}")
     for student, result in problems.items():
-        print(f"  {student}: {result.status}" + (f" ({result.detail})" if result.status == "tampered" else ""))
-    return 0
+        print(f"  {student}: {result.status}" + (f" ({result.detail})" if result.detail else ""))
+    return 1 if problems else 0  # the CSV is written either way; the exit code says a row needs a look
 
 
 @_guarded

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from corolab.labs.registry import Lab, LabError
+from corolab.labs.release import copy_student_page
 
 
 def default_workspace(lab: Lab) -> Path:
@@ -20,8 +21,15 @@ def start(lab: Lab, directory: Path | None = None, force: bool = False) -> Path:
         raise LabError(f"{target} already exists; your work is kept. Use --force to start over.")
     target_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(lab.starter, target)
-    shutil.copyfile(lab.root / "README.md", target_dir / "README.md")
+    copy_student_page(lab.root / "README.md", target_dir / "README.md")
     return target
+
+
+def lab_script(lab: Lab) -> Path | None:
+    """``scripts/lab.sh`` (JupyterLab with the book's kernel) when the lab comes from a clone of the
+    repository; ``None`` for a wheel or a handout, which have no such script."""
+    script = lab.root.resolve().parent.parent / "scripts" / "lab.sh"
+    return script if script.is_file() else None
 
 
 def find_target(lab: Lab, path: Path | None) -> Path:
