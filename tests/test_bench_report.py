@@ -137,3 +137,18 @@ async def test_json_is_strict_when_nothing_completed(tmp_path):
     data = json.loads((tmp_path / "f.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert data["runs"][0]["summary"]["ttft"]["mean"] is None
     assert data["runs"][0]["summary"]["errors"] == {"http_503": 2}
+
+
+async def test_each_level_reports_the_client_figures_measured_during_it():
+    # One LoopMonitor per level: its span and heartbeats are that level's, not the whole sweep's.
+    async with FakeChatServer() as server:
+        result = await run_bench(BenchConfig(url=server.url, concurrency=[1, 4], requests=40, progress=False,
+                                             heartbeat_interval=0.005))
+    first, second = (run.client for run in result.runs)
+    assert first is not second
+    for client in (first, second):
+        assert 0 < client["seconds"] and client["beats"] <= client["seconds"] / 0.005 + 1   # sleeps bound the beats
+    lines = result.table().splitlines()
+    assert [line for line in lines if "client over this level's" in line] == [
+        f"  client over this level's {c['seconds']:.1f} s: cpu {c['client_cpu']:.0%} of a core, "
+        f"loop lag p99 {c['loop_lag_p99'] * 1e3:.1f} ms" for c in (first, second)]

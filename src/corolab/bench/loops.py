@@ -163,5 +163,7 @@ class LoopMonitor:
             "loop_lag_p99": p99,
             "loop_lag_max": lags[-1] if lags else 0.0,
             "client_cpu": cpu,
+            "seconds": self.wall,      # this monitor's span: one load level, not the whole sweep
+            "beats": len(lags),
             "warnings": warnings,
         }

@@ -36,7 +36,10 @@ def run_lines(run) -> list[str]:
         lines.append("  errors: " + ", ".join(f"{k}={v}" for k, v in sorted(s["errors"].items())))
     c = run.client
     if c:
-        lines.append(f"  client: cpu {c['client_cpu']:.0%} of a core, loop lag p99 {c['loop_lag_p99'] * 1e3:.1f} ms")
+        # Measured during this level only (each level has its own LoopMonitor), so levels can be compared.
+        during = f" over this level's {c['seconds']:.1f} s" if "seconds" in c else " during this level"
+        lines.append(f"  client{during}: cpu {c['client_cpu']:.0%} of a core, "
+                     f"loop lag p99 {c['loop_lag_p99'] * 1e3:.1f} ms")
     lines += [f"  WARNING: {w}" for w in run.warnings]
     return lines
 
