@@ -55,6 +55,41 @@ async def test_out_of_range_or_mistyped_fields_are_400(fields: dict, param: str)
     assert engine.calls == []
 
 
+@pytest.mark.parametrize("fields, param, says", [
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 stop sequences"),  # was stop.function-after[...]
+    ({"messages": [{"role": "user", "content": 123}]}, "messages.0.content", "a string, or a list of text parts"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
+     "messages.0.content.0.type", "only text parts"),
+    ({"stop": ["a", 1]}, "stop.1", "must be a string"),
+    ({"messages": []}, "messages", "at least one message"),
+])
+async def test_a_400_names_the_field_and_says_what_it_allows(fields: dict, param: str, says: str) -> None:
+    async with running_server(create_app(ScriptedEngine())) as base:
+        error = error_of(await post(base, {**HELLO, **fields}), 400)
+    assert error["param"] == param and error["message"].startswith(f"{param}: ") and says in error["message"]
+    assert "function-after" not in error["message"] and "list[" not in error["message"]
+
+
+def test_a_websocket_error_frame_says_the_same() -> None:
+    from corolab.protocol import WsRequest
+    from corolab.server.websocket import parse_frame
+
+    message = parse_frame(json.dumps({"query": "q", "stop": list("abcde")}), WsRequest, 1 << 20)
+    assert message == "stop: at most 4 stop sequences are allowed (got 5)"
+
+
+async def test_integral_floats_are_json_integers_and_fractions_are_400() -> None:
+    engine = ScriptedEngine()
+    async with running_server(create_app(engine)) as base:
+        accepted = await post(base, {**HELLO, "n": 1.0, "max_tokens": 5.0, "seed": 7.0})
+        halves = [error_of(await post(base, {**HELLO, name: 1.5}), 400) for name in ("n", "max_tokens", "seed")]
+        flag = error_of(await post(base, {**HELLO, "max_tokens": True}), 400)  # a boolean is no integer
+    assert accepted.status_code == 200, accepted.text
+    assert (engine.calls[0].params.max_tokens, engine.calls[0].params.seed) == (5, 7)
+    assert [h["param"] for h in halves] == ["n", "max_tokens", "seed"] and flag["param"] == "max_tokens"
+    assert all("integer" in h["message"] for h in halves)
+
+
 async def test_a_lone_surrogate_is_400_not_500() -> None:
     body = '{"messages": [{"role": "user", "content": "x\\ud800"}]}'  # valid JSON, invalid Unicode
     async with running_server(create_app(ScriptedEngine())) as base:
@@ -77,7 +112,7 @@ async def test_a_huge_body_is_413_and_an_overlong_prompt_400_before_tokenizing()
     original = engine.tokenize
 
     async def counting(messages):  # type: ignore[no-untyped-def]
-        tokenized.append(len(messages))
+        tokenized.append(sum(len(m["content"]) for m in messages))
         return await original(messages)
 
     engine.tokenize = counting  # type: ignore[method-assign]
@@ -96,7 +131,51 @@ async def test_a_huge_body_is_413_and_an_overlong_prompt_400_before_tokenizing()
         long = {"messages": [{"role": "user", "content": "x" * 140_000}]}
         assert error_of(await post(base, long), 400)["code"] == "context_length_exceeded"
         assert (await post(base, HELLO)).status_code == 200  # and the server goes on
-    assert tokenized == [1]  # only the good request was ever tokenized
+    assert max(tokenized) == len("hello")  # only the good request was ever tokenized (and start-up's probe)
+
+
+@pytest.mark.parametrize("count", [31_000, 1_000])
+async def test_many_empty_messages_are_400_before_tokenizing(count: int) -> None:
+    """31,000 empty messages are 1 MB, under the body cap, with no characters to count: the real model's
+    template made 165,025 tokens of them, 0.5 s of tokenizing each. 1,000 are fewer messages than the
+    context window has tokens, but the fake template's 9 tokens per message make 9,000."""
+    backend = FakeBackend()
+    seen: list[int] = []
+    encode = backend.encode_chat
+
+    def recording(messages):  # type: ignore[no-untyped-def]
+        seen.append(len(messages))
+        return encode(messages)
+
+    backend.encode_chat = recording  # type: ignore[method-assign]
+    app = create_app(create_engine("batched", backend))
+    async with running_server(app) as base:
+        await wait_healthy(base)
+        if count < 4096:  # fewer messages than the window has tokens: the template's cost must count
+            await wait_for(lambda: app.state.corolab.message_tokens > 1)  # start-up measured it
+        empty = {"messages": [{"role": "user", "content": ""}] * count}
+        error = error_of(await post(base, empty), 400)
+        assert (await post(base, HELLO)).status_code == 200
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+    assert seen[-1] == 1 and max(seen) <= 3  # only start-up's probe (1 and 3 messages) and the good request
+
+
+async def test_retry_after_is_the_time_the_queue_needs_to_drain() -> None:
+    engine = create_engine("batched", FakeBackend(step_delay=0.05), max_batch_size=1, max_waiting=2)
+    long = {**HELLO, "max_tokens": 30, "ignore_eos": True}
+    async with running_server(create_app(engine)) as base:
+        await wait_healthy(base)
+        assert (await post(base, long)).status_code == 200  # the server has seen steps and a reply's length
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            ahead = [asyncio.create_task(http.post("/v1/chat/completions", json=long)) for _ in range(3)]
+            await wait_for(lambda: engine.stats().waiting == 2)  # one decodes, two wait
+            refused = await http.post("/v1/chat/completions", json=long)
+            for task in ahead:
+                task.cancel()
+            await asyncio.gather(*ahead, return_exceptions=True)
+    assert error_of(refused, 429)["code"] == "queue_full"
+    # two queued replies of 30 steps, at least 50 ms each, one row at a time: at least 3 s (it said 1)
+    assert 3 <= int(refused.headers["retry-after"]) <= 120
 
 
 async def test_tokenizing_runs_off_the_event_loop() -> None:

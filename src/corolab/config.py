@@ -28,7 +28,9 @@ class ServeConfig:
     max_batch_size: int = 32          # requests decoding together
     max_waiting: int = 256            # queued requests before answering 429
     prefill_budget: int = 512         # prompt tokens prefilled per engine step; longer prompts go in chunks
-    max_body_bytes: int = 1 << 20     # largest request body or websocket frame (413 / error frame above it)
+    max_body_bytes: int = 1 << 20     # largest request body (413 above it) or websocket frame (close 1009 above it)
+    header_timeout: float = 5.0       # seconds a client has to send a request's headers (then the connection closes)
+    body_timeout: float = 30.0        # seconds a client has for a request's whole body once its headers are in (408)
     log_level: str = "info"
 
     def validate(self) -> ServeConfig:
@@ -36,6 +38,9 @@ class ServeConfig:
         for name in ("max_tokens", "max_batch_size", "prefill_budget", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("header_timeout", "body_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be more than 0 seconds")
         if self.max_waiting < 0:
             raise ValueError("--max-waiting must be at least 0")
         if self.attention not in ("exact", "batched"):

@@ -6,7 +6,8 @@ maps a request's fields to what the engine runs (the same for an HTTP body and a
 vLLM's ``ChatCompletionRequest.to_sampling_params`` does. The load tester parses with the same names.
 
 Requests are validated strictly: ``"stream": "yes"`` or ``"max_tokens": "5"`` is a 400, as OpenAI's own
-API answers, not a value silently coerced.
+API answers, not a value silently coerced. Integers follow JSON Schema: ``5.0`` is the integer 5, ``5.5``
+is a 400. :func:`describe_invalid` writes each refusal for a person: the field, and what it allows.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from corolab.params import MAX_SEED, SamplingParams, reply_limit
 
@@ -35,8 +36,17 @@ def _encodable(text: str) -> str:
     return text
 
 
+def _integral(value: object) -> object:
+    """JSON Schema's integers include ``1.0`` (and the OpenAPI document says ``integer``); ``1.5`` is no
+    integer and stays a float, which strict validation then refuses. ``true`` is no integer either."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 Text = Annotated[str, AfterValidator(_encodable)]
-TokenLimit = Annotated[int, Field(ge=1, le=MAX_TOKEN_LIMIT)]
+ToInteger = BeforeValidator(_integral)  # after the bounds in ``Annotated``, so the schema keeps them
+TokenLimit = Annotated[int, Field(ge=1, le=MAX_TOKEN_LIMIT), ToInteger]
 REQUEST_CONFIG = ConfigDict(extra="ignore", strict=True)
 
 
@@ -81,7 +91,7 @@ class SamplingFields(BaseModel):
     max_length: TokenLimit | None = None  # ChatGLM's and Hugging Face's: prompt plus reply
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), ToInteger] | None = None
     stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None  # OpenAI allows at most 4
     ignore_eos: bool = False  # vLLM's extension: run to the token limit, so a benchmark fixes output lengths
 
@@ -112,8 +122,70 @@ class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    n: Annotated[int, Field(ge=1, le=1), ToInteger] = 1
     user: Text | None = None
+
+
+#: What a field allows, for the refusals pydantic words as one error per member of a union.
+ALLOWED = {
+    "content": "a string, or a list of text parts like {\"type\": \"text\", \"text\": \"...\"}",
+    "stop": "a string, or a list of at most 4 strings",
+    "messages": "a list of at least one message like {\"role\": \"user\", \"content\": \"...\"}",
+}
+#: (field, pydantic's error type) -> what to say instead of pydantic's words.
+SAYINGS = {
+    ("stop", "too_long"): "at most 4 stop sequences are allowed",
+    ("messages", "too_short"): "at least one message is required",
+    ("type", "literal_error"): "only text parts ({\"type\": \"text\", \"text\": \"...\"}) are supported: "
+                               "this model reads text, not images, audio or files",
+}
+_KINDS = {"string_type": "a string", "list_type": "a list", "int_type": "an integer", "float_type": "a number",
+          "bool_type": "true or false", "dict_type": "an object", "model_type": "an object",
+          "model_attributes_type": "an object", "int_from_float": "an integer"}
+
+_BOUNDS = {"less_than_equal": "le", "greater_than_equal": "ge", "less_than": "lt", "greater_than": "gt"}
+_BOUND_WORDS = {"less_than_equal": "at most", "greater_than_equal": "at least", "less_than": "less than",
+                "greater_than": "more than"}
+
+
+def _field_path(loc: tuple) -> tuple:
+    """``loc`` without pydantic's names for union members (``function-after[...]``, ``list[TextPart]``,
+    ``str``): what is left names the request's own fields and list positions."""
+    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool")
+                                                                    or p[:1].isupper())))
+
+
+def describe_invalid(errors: list[dict]) -> tuple[str | None, str]:
+    """``(param, message)`` for a request that failed validation, written for a person: ``param`` is the
+    field (``"stop"``, ``"messages.0.content"``), the message says what the field allows.
+
+    A value that fits no member of a union gets one error per member; the member that got furthest (a
+    deeper position, or an error about the value rather than its type) says what went wrong, and when every
+    member refused the type, the message lists what the field allows.
+    """
+    if not errors:
+        return None, "invalid request"
+    paths = [(_field_path(tuple(e.get("loc", ()))), e) for e in errors]
+    base = paths[0][0]
+    same = [(p, e) for p, e in paths if p[:len(base)] == base]  # the first field's errors, all its members
+    path, error = max(same, key=lambda pe: (len(pe[0]), not pe[1]["type"].endswith("_type")))
+    param = ".".join(str(p) for p in path) or None
+    field = next((p for p in reversed(path) if isinstance(p, str)), "")
+    kinds = [_KINDS.get(e["type"]) for p, e in same if p == path]
+    if len(kinds) > 1 and all(kinds):  # every member of a union refused the value's type
+        allowed = ALLOWED.get(field) or " or ".join(dict.fromkeys(k for k in kinds if k))
+        message = f"must be {allowed}"
+    elif (field, error["type"]) in SAYINGS and (field != "type" or "content" in path):
+        message = SAYINGS[field, error["type"]]
+    elif error["type"] in _KINDS:  # the field itself, or one item of it
+        message = f"must be {ALLOWED[field] if path[-1:] == (field,) and field in ALLOWED else _KINDS[error['type']]}"
+    elif error["type"] in _BOUNDS and _BOUNDS[error["type"]] in (error.get("ctx") or {}):
+        message = f"must be {_BOUND_WORDS[error['type']]} {error['ctx'][_BOUNDS[error['type']]]}"
+    else:
+        message = error.get("msg", "invalid value").removeprefix("Value error, ")
+    if error["type"] == "too_long" and "actual_length" in (error.get("ctx") or {}):
+        message += f" (got {error['ctx']['actual_length']})"
+    return param, f"{param}: {message}" if param else message
 
 
 class Usage(BaseModel):

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from corolab.config import ServeConfig
 from corolab.engine.base import Engine
 from corolab.server import errors, routes, websocket
+from corolab.server.admission import message_tokens
 from corolab.server.limits import BodyLimit
 from corolab.server.metrics import Metrics, StatusCounter
 from corolab.server.state import SEED_MODEL_ALIAS, ServerState
@@ -40,6 +41,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None, *,
         async def load() -> None:
             try:
                 await engine.start()
+                state.message_tokens = await message_tokens(engine)
                 log.info("model %s ready (engine %s)", engine.info.model_id, engine.info.engine)
             except Exception as exc:
                 state.load_error = f"{type(exc).__name__}: {exc}"
@@ -60,7 +62,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None, *,
     app = FastAPI(title="corolab", summary="An OpenAI-compatible chat server with continuous batching",
                   lifespan=lifespan)
     app.state.corolab = state
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, body_timeout=config.body_timeout)
     app.add_middleware(StatusCounter, metrics=state.metrics)
     errors.install(app)
     app.include_router(routes.router)

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import fields
+from urllib.parse import quote, quote_plus
 
 from corolab.config import ServeConfig, read_api_key
 
@@ -54,7 +55,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prefill-budget", type=int, default=d.prefill_budget,
                    help="prompt tokens prefilled per engine step; a longer prompt is prefilled in chunks")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
-                   help="largest request body or websocket frame")
+                   help="largest request body (413 above it) or websocket frame (close 1009 above it)")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout,
+                   help="seconds a client has to send a request's headers before its connection is closed")
+    p.add_argument("--body-timeout", type=float, default=d.body_timeout,
+                   help="seconds a client has to send a request's whole body once its headers are in (then 408)")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                    help="prefill every prompt in full (default: reuse the keys/values of the opening prompts share)")
     p.add_argument("--served-model-name", dest="served_model_names", action="append", default=None,
@@ -73,14 +78,28 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
 
 
 class RedactKeys(logging.Filter):
-    """Keep API keys out of the access log: ``?api_key=...`` (a browser's websocket) becomes ``api_key=***``."""
+    """Keep API keys out of every log line: ``?api_key=...`` (a browser's websocket) becomes
+    ``api_key=***``, and the server's own key, wherever it appears (raw or URL-encoded), becomes ``***``.
+    :func:`corolab.server.serving.log_config` puts it on every log handler."""
 
-    pattern = re.compile(r"(api_key=)[^&\s\"]*", re.IGNORECASE)
+    pattern = re.compile(r"(api(?:_|%5f)key=)[^&\s\"']*", re.IGNORECASE)
+
+    def __init__(self, secret: str | None = None) -> None:
+        super().__init__()
+        forms = {secret, quote(secret, safe=""), quote_plus(secret)} if secret else set()
+        self.secrets = sorted(forms, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return self.pattern.sub(r"\1***", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            record.args = tuple(self.pattern.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
-        record.msg = self.pattern.sub(r"\1***", str(record.msg))
+        if isinstance(record.args, tuple):  # uvicorn's access formatter reads the arguments by position
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self.redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        record.msg = self.redact(str(record.msg))
         return True
 
 
@@ -101,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from corolab.backends import load_backend
     from corolab.engine import create_engine
     from corolab.server.app import create_app
+    from corolab.server.serving import uvicorn_config
 
     if args.exit_with_parent:
         _watch_parent(args.exit_with_parent)
@@ -116,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"corolab serve: {exc}", file=sys.stderr)
         return 2
     failed: list[BaseException] = []
-    uv = uvicorn.Config(None, host=config.host, port=config.port, log_level=config.log_level)  # type: ignore[arg-type]
+    uv = uvicorn_config(None, config)
     server = uvicorn.Server(uv)
 
     def on_load_failure(exc: BaseException) -> None:
@@ -124,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
         server.should_exit = True
 
     uv.app = create_app(engine, config, on_load_failure=on_load_failure)
-    logging.getLogger("uvicorn.access").addFilter(RedactKeys())
     print(f"corolab: serving on http://{config.host}:{config.port} (engine {engine.info.engine}); the model loads "
           "in the background, /health turns 200 when it is ready", file=sys.stderr, flush=True)
     server.run()

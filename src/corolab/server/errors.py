@@ -6,6 +6,7 @@ Nothing internal leaks: messages are written for the caller; tracebacks go to th
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,12 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from corolab.engine.base import (
     EngineError, EngineNotReadyError, PromptTooLongError, QueueFullError, RequestFailedError,
 )
-from corolab.protocol import ErrorDetail, ErrorResponse
+from corolab.protocol import ErrorDetail, ErrorResponse, describe_invalid
 
 log = logging.getLogger("corolab.server")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable", 500: "server_error"}
+          408: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+          503: "service_unavailable", 500: "server_error"}
 
 
 class APIError(Exception):
@@ -48,7 +50,8 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 def from_engine_error(exc: EngineError) -> APIError:
     """Map the engine's refusals to HTTP: what the client did (400), or what the server can't do now."""
     if isinstance(exc, QueueFullError):
-        return APIError(429, str(exc), code="queue_full", headers={"Retry-After": f"{max(1, round(exc.retry_after))}"})
+        retry = max(1, math.ceil(exc.retry_after))  # whole seconds, never 0, rounded up
+        return APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(retry)})
     if isinstance(exc, PromptTooLongError):
         return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
     if isinstance(exc, EngineNotReadyError):
@@ -99,20 +102,18 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
-        message = first.get("msg", "invalid request")
-        if first.get("type") == "json_invalid":
+        errors = [dict(e, loc=tuple(p for p in e.get("loc", ()) if p != "body")) for e in exc.errors()]
+        if errors and errors[0].get("type") == "json_invalid":
             message, param = "the request body is not valid JSON", None
-        elif param:
-            message = f"{param}: {message}"
+        else:
+            param, message = describe_invalid(errors)
         return error_response(400, message, param, "invalid_request")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, message, code=getattr(exc, "code", None),
+                              headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

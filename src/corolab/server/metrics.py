@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from corolab.engine.base import Engine
+from corolab.engine.base import Engine, EngineStats
 
 #: path -> the ``endpoint`` label; anything else is "other", so a scanner cannot blow up the label set
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/models": "models", "/health": "health", "/metrics": "metrics"}
@@ -58,11 +58,28 @@ class Metrics:
         self.batch = Histogram("corolab_batch_size", "Requests advanced by one decode step.",
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
         self.registry.register(EngineCollector(engine))
+        self.step_seconds: float | None = None  # recent steps, smoothed: how long one takes, how many rows
+        self.step_rows = 1.0
         engine.step_listeners.append(self._on_step)
 
     def _on_step(self, batch_size: int, seconds: float) -> None:
         self.step.observe(seconds)
         self.batch.observe(batch_size)
+        if self.step_seconds is None:
+            self.step_seconds, self.step_rows = seconds, float(batch_size)
+        else:  # an exponential average over about the last ten steps
+            self.step_seconds += 0.1 * (seconds - self.step_seconds)
+            self.step_rows += 0.1 * (batch_size - self.step_rows)
+
+    def drain_seconds(self, stats: EngineStats, default_reply_tokens: int) -> float:
+        """About how long the requests queued now need to reach the model, for ``Retry-After``: each needs
+        as many steps as the replies finished so far had tokens (``default_reply_tokens`` before any
+        finished), and a step advances as many requests as recent steps did. 0 before the first step."""
+        if self.step_seconds is None:
+            return 0.0
+        finished = stats.requests_finished
+        reply = stats.tokens_generated / finished if finished else default_reply_tokens
+        return stats.waiting * reply * self.step_seconds / max(1.0, self.step_rows)
 
     def count(self, endpoint: str, status: int) -> None:
         self.requests.labels(endpoint=endpoint, status=str(status)).inc()

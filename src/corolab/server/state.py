@@ -24,6 +24,7 @@ class ServerState:
     metrics: Metrics
     served_names: list[str]
     load_error: str | None = None
+    message_tokens: int = 1  # the chat template's tokens per message (admission.message_tokens, at start-up)
     tasks: set = field(default_factory=set)
 
     def check_model(self, name: str | None) -> str:

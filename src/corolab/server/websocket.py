@@ -8,7 +8,9 @@
   HTTP API's sampling fields, ``delta`` frames with the new text, and one ``final`` frame with the usage.
 
 A frame that cannot be answered (not JSON, nested too deep, invalid fields, a prompt too long, a full
-queue) gets an error frame and the connection stays open for the next question.
+queue) gets an error frame and the connection stays open for the next question. A frame over
+``max_body_bytes`` never reaches this module: uvicorn's websocket protocol refuses it as its header
+arrives (close code 1009, "message too big"; :mod:`corolab.server.serving`), before buffering it.
 
 Each connection runs a reader task next to the reply, because a client that leaves must be noticed *while*
 the engine is silent (a request waiting for a batch slot sends nothing): the reader sees the disconnect,
@@ -30,7 +32,8 @@ from starlette.websockets import WebSocketDisconnect
 
 from corolab.engine.base import EngineError
 from corolab.protocol import (
-    GlmDone, GlmError, GlmFrame, GlmRequest, SamplingFields, WsDelta, WsError, WsFinal, WsRequest, history_chat,
+    GlmDone, GlmError, GlmFrame, GlmRequest, SamplingFields, WsDelta, WsError, WsFinal, WsRequest, describe_invalid,
+    history_chat,
 )
 from corolab.server.admission import admit
 from corolab.server.errors import APIError, error_detail, from_engine_error
@@ -108,12 +111,7 @@ def parse_frame(raw: str | bytes, model: type[BaseModel], max_bytes: int) -> Bas
     except RecursionError:
         return "the frame is nested too deeply"
     except ValueError as exc:  # pydantic's ValidationError
-        errors = exc.errors() if hasattr(exc, "errors") else []
-        if not errors:
-            return "invalid frame"
-        first = errors[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return f"{where}: {first['msg']}" if where else first["msg"]
+        return describe_invalid(exc.errors() if hasattr(exc, "errors") else [])[1]
 
 
 @router.websocket("/ws")
