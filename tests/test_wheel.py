@@ -52,12 +52,21 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copytree(ROOT / name, source / name, ignore=skip)
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", source,
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", source,
                   "-w", out], cwd=out, timeout=300)
     wheels = list(out.glob("corolab-*.whl"))
     if built.returncode != 0 or not wheels:
         pytest.skip(f"cannot build the wheel here (offline, or no setuptools/wheel?): {built.stderr[-500:]}")
+    BUILD_OUTPUT.append(built.stdout + built.stderr)
     return wheels[0]
+
+
+BUILD_OUTPUT: list[str] = []
+
+
+def test_the_wheel_builds_without_deprecation_warnings(wheel):
+    # setuptools warned three times about `project.license` as a TOML table: an SPDX string now.
+    assert "BuildBackendWarning" not in BUILD_OUTPUT[0] and "project.license" not in BUILD_OUTPUT[0], BUILD_OUTPUT[0][-3000:]
 
 
 def _pip(python: Path, *args, timeout: float = 600) -> subprocess.CompletedProcess:
