@@ -7,3 +7,8 @@ bash scripts/setup.sh
 . .venv/bin/activate
 bash scripts/build-book.sh --fresh
 python -m pytest "$@"
+# The portable paths (README, "Portable paths"): the model tests that check replies, once more with no fused
+# kernels and no torch._int_mm. Left out: the kernels' own test (it needs them), int8's quality measure and
+# bfloat16 (neither path-dependent): about 5 minutes on the busy 2-core machine.
+COROLAB_PORTABLE=1 python -m pytest -m model -q -p no:cacheprovider \
+  -k "not uses_the_kernels and not costs_little_quality and not bfloat16"

@@ -10,7 +10,7 @@ are the same alone or in any batch, on any thread count.
 
 How. ``torch.utils.cpp_extension.load`` compiles the file with the machine's C++ compiler the first time a
 model loads in int8 (20-60 s), into ``$COROLAB_CACHE/kernels/``; later loads find it there. Where there is no
-compiler, or ``COROLAB_KERNELS=0`` is set, :func:`ops` returns ``None`` and the Python path runs: the same
+compiler, or ``COROLAB_KERNELS=0`` or ``COROLAB_PORTABLE=1`` is set, :func:`ops` returns ``None`` and the Python path runs: the same
 model and the same promise, slower, with rounding that differs in the last bits. The build is guarded by a
 file lock, so processes that start together build once.
 """
@@ -78,7 +78,9 @@ def ops():  # -> torch.ops.corolab | None
     if "ops" in _state:
         return _state["ops"]
     result = None
-    if os.environ.get("COROLAB_KERNELS", "1") != "0":
+    if os.environ.get("COROLAB_PORTABLE", "0") == "1":
+        print("corolab: COROLAB_PORTABLE=1: fused kernels off; using the Python path", file=sys.stderr)
+    elif os.environ.get("COROLAB_KERNELS", "1") != "0":
         try:
             result = _build()
         except Exception as exc:  # no compiler, no ninja, a failed build: the Python path serves the same model

@@ -26,9 +26,55 @@ expects ``torch.compile`` to fuse its steps; these few eager ops run at 3-5x (se
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 
 import torch
+
+EXACT_K = 1024
+"""Inner-dimension chunk of the portable integer matmul: 1024 * 127 * 127 < 2**24, so every partial sum of a
+chunk is an integer that float32 holds exactly, in any summation order."""
+_mm_state: dict[str, object] = {}
+
+
+def portable() -> bool:
+    """``COROLAB_PORTABLE=1``: use only the paths every machine has (no fused kernels, no ``torch._int_mm``)."""
+    return os.environ.get("COROLAB_PORTABLE", "0") == "1"
+
+
+def int_mm_portable(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch._int_mm(a, b)`` (int8 times int8, int32 sums) through float32 matmuls, chunked by
+    :data:`EXACT_K`: the same int32 result bit for bit, on any CPU, slower."""
+    out = None
+    for start in range(0, a.shape[1], EXACT_K):
+        part = torch.mm(a[:, start:start + EXACT_K].float(), b[start:start + EXACT_K].float()).to(torch.int32)
+        out = part if out is None else out.add_(part)
+    return out
+
+
+def _pick_int_mm():
+    if portable():
+        print("corolab: COROLAB_PORTABLE=1: int8 matmuls without torch._int_mm (exact, slower)", file=sys.stderr)
+        return int_mm_portable
+    try:  # some CPUs' torch builds lack it; probe once with a small product and compare
+        a, b = torch.ones(2, 64, dtype=torch.int8), torch.ones(64, 8, dtype=torch.int8)
+        if torch.equal(torch._int_mm(a, b), int_mm_portable(a, b)):
+            return torch._int_mm
+        reason = "a wrong result"
+    except Exception as exc:  # noqa: BLE001 - any failure means: not usable here
+        reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
+    print(f"corolab: torch._int_mm unavailable on this CPU ({reason}); int8 matmuls use float32 (exact, slower)",
+          file=sys.stderr)
+    return int_mm_portable
+
+
+def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int8 (m, k) times int8 (k, n) with exact int32 sums: ``torch._int_mm`` where it works, else portable."""
+    mm = _mm_state.get("mm")
+    if mm is None:
+        mm = _mm_state["mm"] = _pick_int_mm()
+    return mm(a, b)
 
 
 class Int8Linear(torch.nn.Module):
@@ -57,7 +103,7 @@ class Int8Linear(torch.nn.Module):
         # The same numbers as that product, bit for bit. Not two multiplies (by amax, then by scale): their
         # rounding differs by one unit in the last place, and that alone moved the model's teacher-forced
         # loss by 3% (benchmarks/bench_quantize.py's quality measure is that sensitive).
-        out = torch._int_mm(q, self.weight_int8.t()).float().mul_(amax * self.scale)
+        out = int_mm(q, self.weight_int8.t()).float().mul_(amax * self.scale)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
