@@ -398,7 +398,8 @@ class _Run:
     def execute(self, collect_only: bool) -> list[dict]:
         mode = _mode()
         base = Path(tempfile.mkdtemp(prefix="run-", dir=_private_root()))
-        uid = sandbox.box_uid() if os.geteuid() == 0 else None
+        switch = os.geteuid() == 0 and (mode == "namespaces" or sandbox.others_can_reach(sandbox.interpreter_paths()))
+        uid = sandbox.box_uid() if switch else None
         fds: list[int] = []
         try:
             os.chmod(base, 0o755)

@@ -385,6 +385,17 @@ def probe() -> str:
         return "namespaces" if proc == 0 and (scratch / "x").exists() else "rlimits"
 
 
+def others_can_reach(paths: list[str]) -> bool:
+    """Whether a user of no group can enter every folder on the way to each path (the rlimits box, run as
+    root, switches uid only then: it has no root of its own to show the interpreter through)."""
+    for path in paths:
+        parts = Path(os.path.realpath(path)).parts
+        for depth in range(1, len(parts)):
+            if not os.stat(os.path.join(*parts[:depth])).st_mode & 0o001:
+                return False
+    return True
+
+
 def interpreter_paths() -> list[str]:
     """What the box must read to run Python and import pytest and corolab."""
     import corolab
