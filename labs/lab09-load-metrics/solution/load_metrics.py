@@ -67,18 +67,19 @@ def stats(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def window(streams: Sequence[Stream]) -> float:
+def window(streams: Sequence[Stream], *, from_schedule: bool = False) -> float:
     ends = [s.end for s in streams if s.end is not None]
     if not ends:
         return 0.0
-    return max(ends) - min(s.sent for s in streams)
+    return max(ends) - min(_start(s, from_schedule) for s in streams)
 
 
-def meets_slo(s: Stream, ttft_limit: float | None, tpot_limit: float | None) -> bool:
+def meets_slo(s: Stream, ttft_limit: float | None, tpot_limit: float | None, *,
+              from_schedule: bool = False) -> bool:
     if not s.ok:
         return False
     if ttft_limit is not None:
-        first = ttft(s)
+        first = ttft(s, from_schedule=from_schedule)
         if first is None or first > ttft_limit:
             return False
     if tpot_limit is not None:
@@ -88,16 +89,17 @@ def meets_slo(s: Stream, ttft_limit: float | None, tpot_limit: float | None) -> 
     return True
 
 
-def goodput(streams: Sequence[Stream], ttft_limit: float | None, tpot_limit: float | None) -> float:
-    span = window(streams)
-    good = sum(meets_slo(s, ttft_limit, tpot_limit) for s in streams)
+def goodput(streams: Sequence[Stream], ttft_limit: float | None, tpot_limit: float | None, *,
+            from_schedule: bool = False) -> float:
+    span = window(streams, from_schedule=from_schedule)
+    good = sum(meets_slo(s, ttft_limit, tpot_limit, from_schedule=from_schedule) for s in streams)
     return good / span if span > 0 else math.nan
 
 
 def summary(streams: Sequence[Stream], *, ttft_limit: float | None = None, tpot_limit: float | None = None,
             from_schedule: bool = False) -> dict:
     ok = [s for s in streams if s.ok]
-    span = window(streams)
+    span = window(streams, from_schedule=from_schedule)
     tokens = sum(s.tokens for s in ok)
     firsts = [ttft(s, from_schedule=from_schedule) for s in ok]
     per_token = [tpot(s) for s in ok]
@@ -106,7 +108,7 @@ def summary(streams: Sequence[Stream], *, ttft_limit: float | None = None, tpot_
         "failed": len(streams) - len(ok),
         "duration": span,
         "output_throughput": tokens / span if span > 0 else math.nan,
-        "goodput": goodput(streams, ttft_limit, tpot_limit)
+        "goodput": goodput(streams, ttft_limit, tpot_limit, from_schedule=from_schedule)
         if ttft_limit is not None or tpot_limit is not None else None,
         "ttft": stats([t for t in firsts if t is not None]),
         "tpot": stats([t for t in per_token if t is not None]),
