@@ -10,8 +10,11 @@ _STATUS_NOTE = {
     "import-error": "your file could not be imported",
     "missing": "the file to check does not exist",
     "not-attempted": "not attempted",
-    "tampered": "refused: the results of this run cannot be trusted, so it scores 0",
+    "refused": "refused: the grader will not copy this submission",
+    "error": "the grader failed on this submission (not your code's fault); tell your instructor",
 }
+_UNVERIFIED = ("self-check: this copy of the labs has no reference solution, so these verdicts are the tests' "
+               "own word; your instructor's grader also compares your results with the reference's")
 
 
 def format_report(result: LabResult) -> str:
@@ -29,4 +32,6 @@ def format_report(result: LabResult) -> str:
                 where = f"with {test.params}: " if test.params else ""
                 lines.append(f"        why:  {where}{test.message}")
     lines += ["", f"score: {result.score}/{result.max_score}" + ("  full marks!" if result.full_marks else "")]
+    if not result.verified and result.status == "ok":
+        lines.append(_UNVERIFIED)
     return "\n".join(lines)
