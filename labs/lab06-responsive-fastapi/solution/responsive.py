@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
@@ -25,6 +25,13 @@ def blocking_step(index: int) -> str:
     """Stands in for one blocking model step that produces one token."""
     time.sleep(0.01)
     return f"token{index}"
+
+
+def blocking_words(prompt: str, tick: float) -> Iterator[str]:
+    """Stands in for a model's token stream (ChatGLM-6B's ``model.stream_chat``): each word blocks ``tick`` s."""
+    for word in prompt.split():
+        time.sleep(tick)
+        yield word
 
 
 def sse_frame(data: str) -> str:
@@ -70,24 +77,26 @@ def create_app(lookup: Callable[[str], str] = blocking_lookup,
         try:
             while True:
                 prompt = await websocket.receive_text()
-                await _stream_words(websocket, prompt.split(), tick)
+                await _stream_words(websocket, prompt, tick)
         except WebSocketDisconnect:
             pass
 
     return app
 
 
-async def _stream_words(websocket: WebSocket, words: list[str], tick: float) -> None:
-    """Send ``words`` one per tick, then ``[end]``; a "stop" from the client ends it early with ``[stopped]``.
+async def _stream_words(websocket: WebSocket, prompt: str, tick: float) -> None:
+    """Send the prompt's words one per tick, then ``[end]``; a "stop" from the client ends it early with
+    ``[stopped]``.
 
-    Reading and writing at once: a reader task waits for the client's next message while this coroutine
-    writes. Whichever finishes first wins; the other is cancelled.
+    Each word comes from a blocking generator, so each ``next()`` runs in a thread: the loop serves the other
+    clients meanwhile. Reading and writing at once: a reader task waits for the client's next message while
+    the writer writes. Whichever finishes first wins; the other is cancelled.
     """
 
     async def write() -> None:
-        for word in words:
+        source = blocking_words(prompt, tick)
+        while (word := await asyncio.to_thread(next, source, None)) is not None:   # the blocking step off the loop
             await websocket.send_text(word)
-            await asyncio.sleep(tick)
 
     async def read_stop() -> None:
         while (await websocket.receive_text()) != "stop":
