@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from corolab.labs.grading import points
+from corolab.labs.seeded import words
 from corolab.sample_logs import PATHS, make_access_log_lines, write_access_log
 
 
@@ -82,15 +83,6 @@ def opened(monkeypatch):
 
 
 # -- helpers: seeded inputs, and the tests' own reading of a log line ----------------------------------
-
-def words(rng: random.Random, k: int) -> list[str]:
-    """``k`` different short lowercase words drawn from the seed."""
-    found: list[str] = []
-    while len(found) < k:
-        word = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 7)))
-        if word not in found:
-            found.append(word)
-    return found
 
 
 def seeded_lines(rng: random.Random, n: int) -> list[str]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import string
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from corolab.labs.grading import points
+from corolab.labs.seeded import words
 
 LIMIT = 10.0  # seconds any one test may take before it counts as hanging
 
@@ -28,16 +28,6 @@ def run(body: Callable[[], Awaitable[None]], waiting_for: str) -> None:
             pytest.fail(f"{waiting_for} within {LIMIT:g} s", pytrace=False)
 
     asyncio.run(bounded())
-
-
-def words(rng: random.Random, n: int) -> list[str]:
-    """``n`` different random lowercase words: the items a test feeds the pipeline."""
-    found: list[str] = []
-    while len(found) < n:
-        word = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 7)))
-        if word not in found:
-            found.append(word)
-    return found
 
 
 class Source:
