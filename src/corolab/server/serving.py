@@ -24,7 +24,7 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from corolab.config import ServeConfig
-from corolab.server.cli import RedactKeys
+from corolab.server.redact import RedactKeys
 
 
 def log_config(api_key: str | None) -> dict[str, Any]:
