@@ -8,7 +8,7 @@ Paths:
     /text/WORD            200, body WORD
     /delay/MS/WORD        waits MS milliseconds, then 200 WORD
     /status/CODE          status CODE, body "status CODE"
-    /hang                 never answers; notices when the client hangs up
+    /hang, /hang/WORD     never answers; notices when the client hangs up
     /gate/WORD            waits until ``gate`` requests have been in flight at once, then 200 WORD
 
 Run it by hand to try your fetcher from a notebook or a shell:
@@ -109,7 +109,7 @@ class LabServer:
                 # Latched on the maximum, so a request that finishes early cannot close the gate again.
                 await self.wait_until(lambda: self.max_in_flight >= self.gate)
                 return 200, word
-            case ["hang"]:
+            case ["hang"] | ["hang", _]:
                 await reader.read()                             # returns only when the client hangs up
                 self.hangups += 1
                 await self._notify()
