@@ -11,7 +11,6 @@ import builtins
 import io
 import random
 import re
-import string
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -83,7 +82,6 @@ def opened(monkeypatch):
 
 
 # -- helpers: seeded inputs, and the tests' own reading of a log line ----------------------------------
-
 
 def seeded_lines(rng: random.Random, n: int) -> list[str]:
     """``n`` realistic access-log lines from a seed drawn from ``rng``."""

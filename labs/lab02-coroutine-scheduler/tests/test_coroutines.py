@@ -8,21 +8,11 @@ from __future__ import annotations
 
 import inspect
 import random
-import string
 
 import pytest
 
 from corolab.labs.grading import points
-
-
-def words(rng: random.Random, k: int) -> list[str]:
-    """``k`` different short lowercase words drawn from the seed."""
-    found: list[str] = []
-    while len(found) < k:
-        word = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 6)))
-        if word not in found:
-            found.append(word)
-    return found
+from corolab.labs.seeded import words
 
 
 def numbers(rng: random.Random, k: int) -> list[int]:

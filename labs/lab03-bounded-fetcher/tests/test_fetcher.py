@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import string
 from collections.abc import Awaitable, Callable
 
 import pytest
 from labserver import LabServer
 
 from corolab.labs.grading import points
+from corolab.labs.seeded import words
 
 LIMIT = 10.0  # seconds any one test may take before it counts as hanging
 
@@ -41,16 +41,6 @@ def run(body: Callable[[LabServer], Awaitable[None]], gate: int = 0, waiting: st
     stuck = asyncio.run(main())
     if stuck:
         pytest.fail(stuck, pytrace=False)
-
-
-def words(rng: random.Random, k: int) -> list[str]:
-    """``k`` different short lowercase words drawn from the seed."""
-    found: list[str] = []
-    while len(found) < k:
-        word = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 7)))
-        if word not in found:
-            found.append(word)
-    return found
 
 
 def path(url: str) -> str:
