@@ -16,7 +16,7 @@ import pytest
 from corolab.cli import main
 from corolab.labs import all_labs, format_report, get_lab, grade
 from corolab.labs.batch import find_submissions, grade_folder
-from corolab.labs.grading import graded_tests
+from corolab.labs.grading import graded_tests, new_seed, reference_observations
 from corolab.labs.registry import LabError
 from corolab.labs.sandbox import probe
 
@@ -58,8 +58,11 @@ def test_every_graded_test_fails_on_some_broken_variant(lab, tmp_path: Path) -> 
     catalogue = graded_tests(lab)
     caught: set[str] = set()
     variants = lab.write_mutants(tmp_path)
+    seed = new_seed()  # one seed for every variant, so the reference runs once
+    reference = reference_observations(lab, seed, catalogue=catalogue)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # each grade is its own subprocess
-        results = list(pool.map(lambda variant: grade(lab, variant, catalogue=catalogue), variants))
+        results = list(pool.map(lambda variant: grade(lab, variant, catalogue=catalogue, seed=seed,
+                                                      reference=reference), variants))
     for variant, result in zip(variants, results):
         assert result.status == "ok", f"{variant.name} must import and run to prove anything: {result.detail}"
         assert not result.full_marks, f"{variant.name} should not earn full marks"
