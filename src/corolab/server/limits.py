@@ -30,14 +30,14 @@ class BodyLimit:
     """ASGI middleware for HTTP requests. Websocket frames are capped by uvicorn (``ws_max_size``, set from
     the same setting in :func:`corolab.server.serving.uvicorn_config`); header deadlines are there too."""
 
-    def __init__(self, app: Any, max_bytes: int, body_timeout: float = 30.0) -> None:
+    def __init__(self, app: Any, max_bytes: int, body_timeout: float) -> None:
         self.app, self.max_bytes, self.body_timeout = app, max_bytes, body_timeout
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        body = _Body(receive, asyncio.get_running_loop().time() + self.body_timeout, self.body_timeout)
+        body = _Body(receive, self.body_timeout)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -85,8 +85,9 @@ class BodyLimit:
 class _Body:
     """The request's ``receive``, with the body's deadline while the body is still arriving."""
 
-    def __init__(self, receive: Callable, deadline: float, timeout: float) -> None:
-        self._receive, self.deadline, self.timeout = receive, deadline, timeout
+    def __init__(self, receive: Callable, timeout: float) -> None:
+        self._receive, self.timeout = receive, timeout
+        self.deadline = asyncio.get_running_loop().time() + timeout  # the clock starts with the headers in
         self.done = False
 
     async def receive(self) -> dict:
