@@ -94,21 +94,9 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
-def require_pytest() -> None:
-    """The graded tests run under pytest in this interpreter: say so plainly when it is missing."""
-    import importlib.util
-
-    missing = [name for name in ("pytest", "pytest_asyncio") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise LabError(f"{' and '.join(m.replace('_', '-') for m in missing)} "
-                       f"{'is' if len(missing) == 1 else 'are'} not installed; the graded tests need "
-                       f"{'it' if len(missing) == 1 else 'them'}. Install the labs extra: "
-                       f"pip install 'corolab[labs]' (or, from a wheel, 'corolab-0.1.0-py3-none-any.whl[labs]')")
-
-
 @_guarded
 def _check(args: argparse.Namespace) -> int:
-    from corolab.labs.grading import grade
+    from corolab.labs.grading import grade, require_pytest
     from corolab.labs.registry import get_lab
     from corolab.labs.report import format_report
     from corolab.labs.workspace import find_target
@@ -125,6 +113,7 @@ def _grade(args: argparse.Namespace) -> int:
     import time
 
     from corolab.labs.batch import grade_folder, write_csv
+    from corolab.labs.grading import require_pytest
     from corolab.labs.registry import get_lab
 
     require_pytest()

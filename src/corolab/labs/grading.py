@@ -20,6 +20,7 @@ test, not the lab.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import os
 import secrets
@@ -133,19 +134,24 @@ def graded_tests(lab: Lab) -> Catalogue:
     """
     key = (lab.root, _fingerprint(lab.tests))
     if key not in _catalogues:
+        require_pytest()
         run = _Run(lab, lab.tests, None, 120, default_limits(lab, 120), seed=0)
         records = run.execute(collect_only=True)
         tests = {r["name"]: (int(r["max_points"]), str(r["hint"])) for r in records if r.get("kind") == "catalogue"}
         if not tests:
-            raise LabError(f"{lab.name} has no graded tests in {lab.tests}: {_missing_tool(run.output_tail)}")
+            raise LabError(f"{lab.name} has no graded tests in {lab.tests}: {run.output_tail}")
         _catalogues[key] = tests
     return dict(_catalogues[key])
 
 
-def _missing_tool(tail: str) -> str:
-    if "No module named pytest" in tail:
-        return "pytest is not installed (pip install 'corolab[labs]')"
-    return tail
+def require_pytest() -> None:
+    """The graded tests run under pytest in this interpreter: say so plainly when it is missing."""
+    missing = [name for name in ("pytest", "pytest_asyncio") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise LabError(f"{' and '.join(m.replace('_', '-') for m in missing)} "
+                       f"{'is' if len(missing) == 1 else 'are'} not installed; the graded tests need "
+                       f"{'it' if len(missing) == 1 else 'them'}. Install the labs extra: "
+                       f"pip install 'corolab[labs]' (or, from a wheel, 'corolab-0.1.0-py3-none-any.whl[labs]')")
 
 
 def reference_observations(lab: Lab, seed: int, tests: Path | None = None, limits: sandbox.Limits | None = None,
