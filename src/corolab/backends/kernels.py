@@ -77,8 +77,10 @@ def ops():  # -> torch.ops.corolab | None
     """The loaded kernels, built on first use; ``None`` where they cannot be (the Python path runs)."""
     if "ops" in _state:
         return _state["ops"]
+    from corolab.backends.quantize import portable  # the switch is decided there, for both paths
+
     result = None
-    if os.environ.get("COROLAB_PORTABLE", "0") == "1":
+    if portable():
         print("corolab: COROLAB_PORTABLE=1: fused kernels off; using the Python path", file=sys.stderr)
     elif os.environ.get("COROLAB_KERNELS", "1") != "0":
         try:
