@@ -67,7 +67,7 @@ def grade_folder(lab: Lab, folder: Path, jobs: int | None = None, timeout: float
                 try:
                     results[name] = future.result()
                 except Exception as exc:  # the grader's own fault: this row says so, the class goes on
-                    results[name] = _fill(LabResult(lab, submissions[name], "error",
+                    results[name] = _fill(LabResult(lab, submissions[name], "error", seed=seed,
                                                     detail=f"{type(exc).__name__}: {exc}"), catalogue, {})
                 bar.update(1)
     finally:
@@ -81,8 +81,8 @@ def write_csv(results: dict[str, LabResult], path: Path) -> None:
     names = [t.name for t in next(iter(results.values())).tests]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["student", "status", *names, "total", "max", "seconds", "detail"])
+        writer.writerow(["student", "status", *names, "total", "max", "seconds", "seed", "detail"])
         for student, result in results.items():
             points = {t.name: t.points for t in result.tests}
             writer.writerow([student, result.status, *(points.get(n, 0) for n in names), result.score,
-                             result.max_score, f"{result.elapsed:.1f}", result.detail])
+                             result.max_score, f"{result.elapsed:.1f}", result.seed, result.detail])
