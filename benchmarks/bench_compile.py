@@ -17,8 +17,8 @@ import torch
 
 from bench_quantize import step_ms  # the same step timing as the quantization ablation (run from any folder:
                                     # a script's own folder is on sys.path)
-from corolab.backends.embedded import EmbeddedBackend
-from corolab.backends.llama_forward import LlamaForward
+from corolab.serving.backends.embedded import EmbeddedBackend
+from corolab.serving.backends.llama_forward import LlamaForward
 
 
 def main() -> None:

@@ -27,9 +27,9 @@ import time
 import warnings
 from collections.abc import Callable
 
-from corolab.backends import load_backend
-from corolab.backends.base import Backend
-from corolab.engine import SamplingParams, create_engine
+from corolab.serving.backends import load_backend
+from corolab.serving.backends.base import Backend
+from corolab.serving.engine import SamplingParams, create_engine
 
 TOPICS = ("the sea", "a lighthouse keeper", "coroutines", "a city at night", "bread", "mountains", "rain",
           "a library", "trains", "the moon", "an old clock", "gardens")

@@ -1,5 +1,5 @@
 """The fused-kernel lever, measured: ``LlamaForward`` op by op from Python against the same pass through
-``corolab/backends/kernels.cpp``, on the embedded model in its default mode (int8, exact attention).
+``corolab/serving/backends/kernels.cpp``, on the embedded model in its default mode (int8, exact attention).
 
 * speed: milliseconds per decode step of ``HFBatch`` at batch 1, 8 and 32, best of ``--rounds`` interleaved rounds
   (every variant sees the same machine), on ``--threads`` torch threads;
@@ -19,9 +19,9 @@ import time
 import torch
 
 from bench_quantize import PROMPTS, references, step_ms  # run from any folder: a script's own folder is on sys.path
-from corolab.backends.embedded import EmbeddedBackend
-from corolab.backends.kvcache import empty_cache
-from corolab.backends.llama_forward import LlamaForward
+from corolab.serving.backends.embedded import EmbeddedBackend
+from corolab.serving.backends.kvcache import empty_cache
+from corolab.serving.backends.llama_forward import LlamaForward
 
 
 def served_quality(lean, layers: int, refs) -> tuple[float, float]:
@@ -44,7 +44,7 @@ def served_quality(lean, layers: int, refs) -> tuple[float, float]:
 
 def matmul_us(kernels, rows: int, inputs: int, outputs: int, repeat: int = 50) -> tuple[float, float]:
     """One int8 layer at ``rows`` rows: the kernels' whole layer call, and ``torch._int_mm`` alone."""
-    from corolab.backends.quantize import Int8Linear
+    from corolab.serving.backends.quantize import Int8Linear
 
     layer = Int8Linear(torch.nn.Linear(inputs, outputs, bias=False))
     x = torch.randn(rows, inputs)
@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     # Loaded in a thread that ends, measured in another: the engine's own arrangement (a thread that loaded the
-    # model would keep an OpenMP team alive; see corolab.engine.common.load_in_passing_thread).
+    # model would keep an OpenMP team alive; see corolab.serving.engine.common.load_in_passing_thread).
     backends: dict[str, EmbeddedBackend] = {}
 
     def load() -> None:

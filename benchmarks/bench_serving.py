@@ -40,8 +40,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from corolab.background import BackgroundServer, free_port
-from corolab.backends import embedded
+from corolab.teach.background import BackgroundServer, free_port
+from corolab.serving.backends import embedded
 from corolab.bench import BenchConfig, run_bench
 
 

@@ -12,7 +12,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def smol():
     """The embedded SmolLM2 backend, loaded (converted first if this machine never did)."""
-    from corolab.backends import load_backend
+    from corolab.serving.backends import load_backend
 
     backend = load_backend(None)
     backend.load()

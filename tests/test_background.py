@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corolab.background import BackgroundServer, ServerStartError, background_server, free_port, port_in_use
+from corolab.teach.background import BackgroundServer, ServerStartError, background_server, free_port, port_in_use
 
 # ChatGLM's example request, with max_length raised for the fake model: its tokenizer counts bytes, and
 # max_length counts prompt plus reply (a Chinese character is three bytes).
@@ -124,7 +124,7 @@ def test_interrupt_while_waiting_stops_the_process(monkeypatch: pytest.MonkeyPat
 
 KERNEL = """
 import json, sys
-from corolab.background import background_server
+from corolab.teach.background import background_server
 server = background_server(model="fake")
 print(json.dumps({"pid": server.process.pid, "port": server.port, "log": str(server.log_path)}), flush=True)
 if sys.argv[1] == "exit":

@@ -9,9 +9,9 @@ import pytest
 try:
     import uvicorn
 
-    from corolab.backends.fake import FakeBackend
-    from corolab.engine import create_engine
-    from corolab.server.app import create_app
+    from corolab.serving.backends.fake import FakeBackend
+    from corolab.serving.engine import create_engine
+    from corolab.serving.server.app import create_app
 except ImportError as exc:  # the server is built by another part of the project
     pytest.skip(f"corolab server not importable yet: {exc}", allow_module_level=True)
 

@@ -1,4 +1,4 @@
-"""Tests for corolab.classic: priming, fan-out and close propagation in push pipelines."""
+"""Tests for corolab.teach.classic: priming, fan-out and close propagation in push pipelines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from corolab.classic import broadcast, coroutine, push, sink_list
+from corolab.teach.classic import broadcast, coroutine, push, sink_list
 
 
 def test_unprimed_generator_rejects_send() -> None:

@@ -51,8 +51,8 @@ def test_serve_refuses_what_cannot_work_in_one_line() -> None:
 
 
 def test_serve_reads_every_default_from_serve_config() -> None:
-    from corolab.config import ServeConfig
-    from corolab.server.cli import config_from
+    from corolab.serving.config import ServeConfig
+    from corolab.serving.server.cli import config_from
 
     parser = cli.build_parser(only="serve")
     assert config_from(parser.parse_args(["serve"])) == ServeConfig()

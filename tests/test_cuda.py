@@ -7,14 +7,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from corolab.params import SamplingParams  # noqa: E402
+from corolab.serving.params import SamplingParams  # noqa: E402
 
 pytestmark = [pytest.mark.model, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 
 
 @pytest.fixture(scope="module")
 def gpu():
-    from corolab.backends.embedded import EmbeddedBackend
+    from corolab.serving.backends.embedded import EmbeddedBackend
 
     backend = EmbeddedBackend(device="cuda")
     backend.load()

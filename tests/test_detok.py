@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from corolab.backends.fake import FakeBackend
-from corolab.engine.detok import IncrementalDetokenizer, StopFilter
+from corolab.serving.backends.fake import FakeBackend
+from corolab.serving.engine.detok import IncrementalDetokenizer, StopFilter
 
 # The kind of reply the seed's ChatGLM server streamed: CJK, full-width punctuation and an emoji (4 bytes).
 SEED_REPLY = "你好👋！我是人工智能助手，很高兴见到你，欢迎问我任何问题。"

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from corolab.backends.base import Batch
-from corolab.backends.fake import FakeBackend
-from corolab.engine import (
+from corolab.serving.backends.base import Batch
+from corolab.serving.backends.fake import FakeBackend
+from corolab.serving.engine import (
     ENGINE_KINDS, EngineError, EngineNotReadyError, PromptTooLongError, QueueFullError, SamplingParams, create_engine,
 )
 
@@ -207,7 +207,7 @@ class LoadRecordingBackend(FakeBackend):
 async def test_the_loading_thread_is_gone_when_start_returns(kind):
     """The model loads off the event loop, in a thread that has ended by the time the engine is ready: a
     loader left alive keeps torch's OpenMP team alive with it, and the model's threads then sleep between ops
-    (see corolab.engine.common.load_in_passing_thread)."""
+    (see corolab.serving.engine.common.load_in_passing_thread)."""
     backend = LoadRecordingBackend()
     engine = await started(kind, backend)
     assert backend.loaded_by is not None and backend.loaded_by is not threading.current_thread()
@@ -434,7 +434,7 @@ async def test_batched_engine_matches_naive_on_the_model(smol):
 def test_a_prompt_prefilled_in_chunks_gives_the_same_greedy_tokens(smol):
     """Chunked prefill (the scheduler's prefill budget) is exact: the row's cache grows chunk by chunk and
     joins a batch that is already decoding, and its tokens are what the whole prompt gives alone."""
-    from corolab.backends.base import PrefillChunk
+    from corolab.serving.backends.base import PrefillChunk
 
     long_prompt = smol.encode_chat([{"role": "user", "content": "Tell me about rivers. " * 12}])
     short = smol.encode_chat([{"role": "user", "content": "Hi"}])
@@ -463,7 +463,7 @@ def test_a_prompt_prefilled_in_chunks_gives_the_same_greedy_tokens(smol):
 def test_the_tokenizers_stream_decoder_matches_the_hand_written_one(smol):
     """DecodeStream (the library's) and IncrementalDetokenizer (the chapter's) stream the same text,
     including Chinese characters split across tokens."""
-    from corolab.engine.detok import IncrementalDetokenizer
+    from corolab.serving.engine.detok import IncrementalDetokenizer
 
     text = "Hello, 世界! Ünïcödé — naïve café. 你好，请介绍一下你自己。"
     ids = smol.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -1,4 +1,4 @@
-"""corolab.genloop: round-robin order, requests, virtual time, sockets and the generator echo server.
+"""corolab.teach.genloop: round-robin order, requests, virtual time, sockets and the generator echo server.
 
 Order is asserted from the loop's trace, never from wall time. Every run is bounded (max_steps, and
 idle_timeout wherever real sockets are involved).
@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from corolab.genloop import (
+from corolab.teach.genloop import (
     Cancel, Deadlock, Join, Loop, Readable, Sleep, Spawn, TaskCancelled, VirtualClock, WhoAmI, Writable,
     connect, echo_server, listen, recv, send_all,
 )

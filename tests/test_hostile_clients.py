@@ -1,7 +1,7 @@
 """Hostile clients below the app: keys in logs, huge uploads from async clients, oversize websocket frames
 and clients that send slowly. Each case was reproduced against ``corolab serve`` before it was fixed.
 
-Servers here run with the uvicorn settings ``corolab serve`` uses (:func:`corolab.server.serving.uvicorn_config`),
+Servers here run with the uvicorn settings ``corolab serve`` uses (:func:`corolab.serving.server.uvicorn_setup.uvicorn_config`),
 or are ``corolab serve`` itself, and take traffic on 127.0.0.1 only.
 """
 
@@ -21,9 +21,9 @@ from scripted_engine import ScriptedEngine, running_server, wait_for
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from corolab.background import BackgroundServer
-from corolab.config import ServeConfig
-from corolab.server.app import create_app
+from corolab.teach.background import BackgroundServer
+from corolab.serving.config import ServeConfig
+from corolab.serving.server.app import create_app
 
 HELLO = {"messages": [{"role": "user", "content": "hello"}]}
 
@@ -32,7 +32,7 @@ HELLO = {"messages": [{"role": "user", "content": "hello"}]}
 async def serving(config: ServeConfig) -> AsyncIterator[tuple[str, int]]:
     """A :class:`ScriptedEngine` app served as ``corolab serve`` serves it, in the test's loop; yields
     (host, port). Logging is left as pytest set it."""
-    from corolab.server.serving import uvicorn_config
+    from corolab.serving.server.uvicorn_setup import uvicorn_config
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -16,11 +16,11 @@ import pytest
 from scripted_engine import ScriptedEngine, running_server, wait_for, wait_healthy
 from websockets.asyncio.client import connect
 
-from corolab.backends.base import Outcome
-from corolab.backends.fake import FakeBackend, FakeBatch
-from corolab.engine import SamplingParams, create_engine
-from corolab.server.app import create_app
-from corolab.server.cli import RedactKeys
+from corolab.serving.backends.base import Outcome
+from corolab.serving.backends.fake import FakeBackend, FakeBatch
+from corolab.serving.engine import SamplingParams, create_engine
+from corolab.serving.server.app import create_app
+from corolab.serving.server.cli import RedactKeys
 
 HELLO = {"messages": [{"role": "user", "content": "hello"}]}
 
@@ -71,8 +71,8 @@ async def test_a_400_names_the_field_and_says_what_it_allows(fields: dict, param
 
 
 def test_a_websocket_error_frame_says_the_same() -> None:
-    from corolab.protocol import WsRequest
-    from corolab.server.websocket import parse_frame
+    from corolab.serving.protocol import WsRequest
+    from corolab.serving.server.websocket import parse_frame
 
     message = parse_frame(json.dumps({"query": "q", "stop": list("abcde")}), WsRequest, 1 << 20)
     assert message == "stop: at most 4 stop sequences are allowed (got 5)"
@@ -280,7 +280,7 @@ def test_the_access_log_redacts_api_keys() -> None:
 
 
 def test_the_api_key_can_come_from_a_file_or_the_environment(tmp_path, monkeypatch) -> None:
-    from corolab.config import read_api_key
+    from corolab.serving.config import read_api_key
 
     key_file = tmp_path / "key"
     key_file.write_text("from-file\n")
@@ -307,7 +307,7 @@ class DyingBackend(FakeBackend):
 
 async def test_when_the_worker_dies_health_says_failed_and_the_log_has_the_traceback(caplog) -> None:
     engine = create_engine("batched", DyingBackend())
-    caplog.set_level(logging.ERROR, logger="corolab.engine")
+    caplog.set_level(logging.ERROR, logger="corolab.serving.engine")
     async with running_server(create_app(engine)) as base:
         await wait_healthy(base)
         reply = await post(base, HELLO)

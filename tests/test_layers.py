@@ -46,5 +46,5 @@ def test_nothing_below_imports_anything_above():
 
 def test_the_checker_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("from corolab.engine.base import Delta\n")
+    bad.write_text("from corolab.serving.engine.base import Delta\n")
     assert [layer_of(n) for n in imports(bad)] == [LAYERS["engine"]] and LAYERS["engine"] > LAYERS["backends"]

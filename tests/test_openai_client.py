@@ -13,8 +13,8 @@ import openai
 import pytest
 from scripted_engine import ScriptedEngine, running_server, wait_healthy
 
-from corolab.engine.base import QueueFullError
-from corolab.server.app import create_app
+from corolab.serving.engine.base import QueueFullError
+from corolab.serving.server.app import create_app
 
 SEED_CURL_BODY = """{
     "messages": [
@@ -124,8 +124,8 @@ async def test_client_raises_the_matching_exceptions() -> None:
 @pytest.mark.parametrize("kind", ["naive", "threads", "batched"])
 async def test_seed_curl_request_on_the_fake_model(kind: str) -> None:
     """The seed's exact request body (ChatGLM-era ``max_length`` included) through each real engine."""
-    from corolab.backends import load_backend
-    from corolab.engine import create_engine
+    from corolab.serving.backends import load_backend
+    from corolab.serving.engine import create_engine
 
     engine = create_engine(kind, load_backend("fake"))
     headers = {"accept": "application/json", "Content-Type": "application/json"}

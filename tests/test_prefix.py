@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from corolab.backends.prefix import PrefixStore, common_prefix_length  # noqa: E402
-from corolab.engine.base import SamplingParams  # noqa: E402
+from corolab.serving.backends.prefix import PrefixStore, common_prefix_length  # noqa: E402
+from corolab.serving.engine.base import SamplingParams  # noqa: E402
 
 
 def fake_kv(tokens: list[int]):
@@ -96,7 +96,7 @@ def continuations(backend, prompts, steps=20) -> dict[int, list[int]]:
 
 @pytest.mark.model
 def test_reusing_the_shared_opening_generates_exactly_the_same_tokens(smol):
-    from corolab.backends.embedded import EmbeddedBackend
+    from corolab.serving.backends.embedded import EmbeddedBackend
     from corolab.bench.dataset import synthetic_prompts
 
     plain = EmbeddedBackend(prefix_cache=False)

@@ -1,4 +1,4 @@
-"""``corolab.protocol``: what the server accepts, and that what it sends parses with OpenAI's own types."""
+"""``corolab.serving.protocol``: what the server accepts, and that what it sends parses with OpenAI's own types."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from openai.types.chat import ChatCompletion as OpenAIChatCompletion
 from openai.types.chat import ChatCompletionChunk as OpenAIChunk
 from pydantic import ValidationError
 
-from corolab.protocol import (
+from corolab.serving.protocol import (
     ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice, DeltaMessage, ErrorDetail,
     ErrorResponse, ModelCard, ModelList, ResponseMessage, Usage, WsRequest,
 )
-from corolab.params import LimitError
-from corolab.server.sse import ChunkWriter
+from corolab.serving.params import LimitError
+from corolab.serving.server.sse import ChunkWriter
 
 SEED_BODY = {
     "messages": [

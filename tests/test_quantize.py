@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from corolab.backends.hf import pick_quantization  # noqa: E402
-from corolab.backends.quantize import FusedInt8, FusedPart, Int8Linear, quantize_linears, smooth  # noqa: E402
-from corolab.params import SamplingParams  # noqa: E402
+from corolab.serving.backends.hf import pick_quantization  # noqa: E402
+from corolab.serving.backends.quantize import FusedInt8, FusedPart, Int8Linear, quantize_linears, smooth  # noqa: E402
+from corolab.serving.params import SamplingParams  # noqa: E402
 
 
 def test_int8_linear_is_close_to_the_float_layer():
@@ -102,8 +102,8 @@ def test_quantized_tiny_llama_stays_close(tiny_llama):
 def test_lean_forward_matches_transformers_with_padding_and_decoding(tiny_llama, exact):
     """The lean pass and transformers' forward agree on a left-padded prefill and on the decode steps after
     it, through corolab's own cache."""
-    from corolab.backends.kvcache import empty_cache
-    from corolab.backends.llama_forward import LlamaForward, supports
+    from corolab.serving.backends.kvcache import empty_cache
+    from corolab.serving.backends.llama_forward import LlamaForward, supports
 
     assert supports(tiny_llama)
     lean = LlamaForward(tiny_llama, exact=exact)
@@ -127,7 +127,7 @@ def test_lean_forward_matches_transformers_with_padding_and_decoding(tiny_llama,
 def test_int8_costs_little_quality_on_the_model(smol):
     """Teacher-forced on the float32 model's own greedy replies, int8's mean loss stays within 2% of float32's
     (measured: 0.3%; without smoothing, 4%)."""
-    from corolab.backends.embedded import EmbeddedBackend
+    from corolab.serving.backends.embedded import EmbeddedBackend
 
     assert smol.info.quantization == "int8"  # the CPU default
     exact = EmbeddedBackend(quantize="none")
@@ -147,7 +147,7 @@ def test_int8_costs_little_quality_on_the_model(smol):
 def test_int8_replies_are_bit_exact_alone_or_in_a_batch(smol):
     """The default CPU path's promise, over 24 tokens and a late joiner (prefix reuse off: a different split
     of a prompt between the prefix store and the prefill changes float rounding in attention)."""
-    from corolab.backends.embedded import EmbeddedBackend
+    from corolab.serving.backends.embedded import EmbeddedBackend
 
     backend = EmbeddedBackend(prefix_cache=False)
     backend.load()
@@ -176,7 +176,7 @@ def test_lean_forward_declines_what_it_does_not_compute(tiny_llama):
     such models go through their own forward."""
     import copy
 
-    from corolab.backends.llama_forward import supports
+    from corolab.serving.backends.llama_forward import supports
 
     for attribute, value in (("rope_scaling", {"rope_type": "dynamic", "factor": 2.0}),
                              ("sliding_window", 64), ("hidden_act", "gelu")):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from corolab.engine.base import QueueFullError
-from corolab.engine.scheduler import Entry, Scheduler
+from corolab.serving.engine.base import QueueFullError
+from corolab.serving.engine.scheduler import Entry, Scheduler
 
 
 def entry(key: int, prompt_len: int = 10) -> Entry[str]:

@@ -1,4 +1,4 @@
-"""corolab.served: a real uvicorn server in a thread, reachable while the block runs, gone after it."""
+"""corolab.teach.served: a real uvicorn server in a thread, reachable while the block runs, gone after it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from corolab.served import served
+from corolab.teach.served import served
 
 
 def test_serves_then_stops() -> None:

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from scripted_engine import ScriptedEngine, running_server, wait_for, wait_healthy
 
-from corolab.engine.base import EngineError, EngineNotReadyError, PromptTooLongError, QueueFullError
-from corolab.server.app import create_app
+from corolab.serving.engine.base import EngineError, EngineNotReadyError, PromptTooLongError, QueueFullError
+from corolab.serving.server.app import create_app
 
 HELLO = {"model": "scripted-model", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -328,8 +328,8 @@ async def test_health_after_a_failed_load_shows_no_internals() -> None:
 
 async def test_ignore_eos_runs_to_the_token_limit() -> None:
     """vLLM's extension, which benchmarks use to fix every reply's length."""
-    from corolab.backends import load_backend
-    from corolab.engine import create_engine
+    from corolab.serving.backends import load_backend
+    from corolab.serving.engine import create_engine
 
     engine = create_engine("batched", load_backend("fake"))
     async with running_server(create_app(engine)) as base:
@@ -342,8 +342,8 @@ async def test_ignore_eos_runs_to_the_token_limit() -> None:
 
 @pytest.mark.parametrize("kind", ["naive", "threads", "batched"])
 async def test_real_engines_feed_the_step_histograms(kind: str) -> None:
-    from corolab.backends import load_backend
-    from corolab.engine import create_engine
+    from corolab.serving.backends import load_backend
+    from corolab.serving.engine import create_engine
 
     engine = create_engine(kind, load_backend("fake"))
     async with running_server(create_app(engine)) as base:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from corolab.backends.threads import ThreadTuner, machine_idle_seconds
+from corolab.serving.backends.threads import ThreadTuner, machine_idle_seconds
 
 
 class Machine:

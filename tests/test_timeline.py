@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from corolab.timeline import Timeline
+from corolab.teach.timeline import Timeline
 
 
 class FakeClock:

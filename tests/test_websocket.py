@@ -11,8 +11,8 @@ from scripted_engine import ScriptedEngine, running_server, wait_for, wait_healt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from corolab.engine.base import PromptTooLongError, QueueFullError
-from corolab.server.app import create_app
+from corolab.serving.engine.base import PromptTooLongError, QueueFullError
+from corolab.serving.server.app import create_app
 
 SEED_HISTORY = [
     ["hhh", "I'm sorry, but I'm not sure what you're asking me."],
@@ -204,8 +204,8 @@ async def test_api_key_is_required_when_set() -> None:
 @pytest.mark.parametrize("kind", ["naive", "threads", "batched"])
 async def test_fake_backend_through_each_engine(kind: str) -> None:
     """Integration: the real engines over the deterministic fake model, multibyte text included."""
-    from corolab.backends import load_backend
-    from corolab.engine import create_engine
+    from corolab.serving.backends import load_backend
+    from corolab.serving.engine import create_engine
 
     backend = load_backend("fake")
     engine = create_engine(kind, backend, max_batch_size=4, max_waiting=8)
@@ -226,8 +226,8 @@ async def test_fake_backend_through_each_engine(kind: str) -> None:
 async def test_queued_client_that_leaves_frees_its_place_at_once() -> None:
     """Integration with the batched engine: one slot, one reply running, a second client queued. The queued
     client sends nothing and receives nothing, so only the reader task can see it leave."""
-    from corolab.backends import load_backend
-    from corolab.engine import create_engine
+    from corolab.serving.backends import load_backend
+    from corolab.serving.engine import create_engine
 
     engine = create_engine("batched", load_backend("fake:0.01"), max_batch_size=1, max_waiting=4)
     async with running_server(create_app(engine)) as base:

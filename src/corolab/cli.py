@@ -13,8 +13,8 @@ import sys
 
 # sub-command name -> module with add_parser(subparsers) that sets a ``func(args) -> int`` default
 COMMANDS: dict[str, str] = {
-    "serve": "corolab.server.cli",
-    "model": "corolab.backends.cli",
+    "serve": "corolab.serving.server.cli",
+    "model": "corolab.serving.backends.cli",
     "lab": "corolab.labs.cli",
     "bench": "corolab.bench.cli",
 }

@@ -19,7 +19,7 @@ import pytest
 
 from corolab.labs.grading import points
 from corolab.labs.seeded import words
-from corolab.sample_logs import PATHS, make_access_log_lines, write_access_log
+from corolab.teach.sample_logs import PATHS, make_access_log_lines, write_access_log
 
 
 class CountingFile:

@@ -146,7 +146,7 @@ class WsChatClient:
 
     corolab sends ``{"type": "delta", "delta", "response"}`` frames, then ``{"type": "final", "response",
     "history", "finish_reason", "usage"}``, or ``{"type": "error", "error": {...}}`` (see
-    ``corolab.protocol``).
+    ``corolab.serving.protocol``).
     The frame format is read tolerantly so the tester also fits similar chat sockets: text comes from a
     growing ``response`` (cumulative) or from ``delta``/``text``/``content`` (incremental); the last frame
     says so with ``done``/``final``/``finished``, a ``finish_reason``, or ``type`` of final/done/end.

@@ -1,1 +1,0 @@
-"""The OpenAI-compatible HTTP and websocket transport (``create_app`` in :mod:`corolab.server.app`)."""

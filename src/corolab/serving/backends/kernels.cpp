@@ -1,0 +1,414 @@
+// Fused CPU kernels for the int8 path (corolab.serving.backends.kernels builds and loads this file).
+//
+// Why C++. At one stream an int8 decode step of SmolLM2-135M spent about as long issuing some 3,000 small
+// torch calls from Python as in its matmuls. Here a decode layer is five of these calls and three small torch
+// ones (RESULTS.md).
+//   * int8_linear: Int8Linear.forward bit for bit (quantize each row, integer matmul, dequantize), with the
+//     residual add after it and, optionally, the RMSNorm before it.
+//   * attend_decode: rotary embedding, cache write and softmax attention for one decoding query per row.
+//
+// Why a reply stays the same alone or in any batch. Each row is computed on its own, integer sums are exact
+// in any order, and every float sum here (RMSNorm, attention) adds in one fixed order (dot, lane_total)
+// whatever the batch, the thread count or the vector width. -ffp-contract=off keeps the compiler from fusing
+// a multiply and an add into one rounding, so the order written is the order computed.
+//
+// Against the Python path (torch's RMSNorm and SDPA sum in their own orders) results differ in the last bits,
+// and int8 codes amplify that: logits 3-9 % apart, the same quality within noise (RESULTS.md). Prefill keeps
+// torch's attention; only the RMSNorm there is this file's.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define COROLAB_X86 1
+#endif
+
+namespace {
+
+// Sums in a fixed order: 16 lanes (element i adds into lane i % 16, in order), then a fixed tree over the
+// lanes. The compiler vectorizes the lanes but may not reorder them (no -ffast-math), so a row's sum is the
+// same for any batch, thread count or vector width: what makes a reply the same alone or in a crowd.
+constexpr int kLanes = 16;
+
+inline float lane_total(float* lanes) {
+  for (int width = kLanes / 2; width > 0; width /= 2)
+    for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
+  return lanes[0];
+}
+
+inline float dot(const float* a, const float* b, int64_t d) {
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= d; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] += a[i + j] * b[i + j];
+  for (int j = 0; i + j < d; ++j) lanes[j] += a[i + j] * b[i + j];
+  return lane_total(lanes);
+}
+
+// RMSNorm of each row, as transformers' LlamaRMSNorm: x * (1 / sqrt(mean(x^2) + eps)) * weight.
+void rms_norm_rows(const float* x, int64_t rows, int64_t k, const float* weight, float eps, float* out) {
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = x + r * k;
+      const float inv = 1.0f / std::sqrt(dot(row, row, k) / static_cast<float>(k) + eps);
+      float* y = out + r * k;
+      for (int64_t i = 0; i < k; ++i) y[i] = (row[i] * inv) * weight[i];
+    }
+  });
+}
+
+#ifdef COROLAB_X86
+bool has_vnni() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vnni");
+  return yes;
+}
+
+// quantize_row with AVX512 (the compiler's own vectorization of the portable loop below narrows float to int8
+// through a chain of packs; this narrows in one instruction). The same arithmetic: max |x|, one multiply,
+// round to nearest even, convert; codes fit in int8, so the narrowing truncates nothing.
+__attribute__((target("avx512f,avx512bw")))
+float quantize_row_avx512(const float* __restrict row, int64_t k, int8_t* __restrict out) {
+  __m512 peak = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) peak = _mm512_max_ps(peak, _mm512_abs_ps(_mm512_loadu_ps(row + i)));
+  float m = _mm512_reduce_max_ps(peak);
+  for (int64_t j = i; j < k; ++j) m = std::max(m, std::fabs(row[j]));
+  m = m < 1e-12f ? 1e-12f : m;
+  const float inv = (1.0f / m) * 127.0f;
+  const __m512 scale = _mm512_set1_ps(inv);
+  for (i = 0; i + 16 <= k; i += 16) {
+    const __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(row + i), scale),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+  }
+  for (; i < k; ++i) out[i] = static_cast<int8_t>(static_cast<int32_t>(std::rint(row[i] * inv)));
+  return m;
+}
+#endif
+
+// One row of x [R, K]: amax = max|x| clamped to 1e-12, codes = round(x * (1/amax * 127)) as int8.
+// Python: amax = rows.abs().amax(-1, keepdim=True).clamp_(min=1e-12); q = (rows * (127.0 / amax)).round_()...
+// (`127.0 / t` is `t.reciprocal() * 127.0` in torch: two roundings, kept here.)
+// A function of its own with restrict pointers and values, not a lambda's captures: an int8 store
+// may alias anything (char), so in the lambda the compiler reloaded k from memory after every store and
+// could not vectorize (measured: 32 rows x 1536 took 55 us, now a few).
+float quantize_row(const float* __restrict row, int64_t k, int8_t* __restrict out) {
+  float m = 0.0f;
+#pragma omp simd reduction(max : m)  // a maximum is exact in any order
+  for (int64_t i = 0; i < k; ++i) m = std::max(m, std::fabs(row[i]));
+  m = m < 1e-12f ? 1e-12f : m;
+  const float inv = (1.0f / m) * 127.0f;
+  // rint, not nearbyint: the same rounding (to nearest, ties to even), but rint is inlined and vectorized.
+  for (int64_t i = 0; i < k; ++i) out[i] = static_cast<int8_t>(static_cast<int32_t>(std::rint(row[i] * inv)));
+  return m;
+}
+
+void quantize_rows(const float* x, int64_t rows, int64_t k, int8_t* codes, float* amax) {
+  at::parallel_for(0, rows, 8, [=](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+#ifdef COROLAB_X86
+      if (has_vnni()) {
+        amax[r] = quantize_row_avx512(x + r * k, k, codes + r * k);
+        continue;
+      }
+#endif
+      amax[r] = quantize_row(x + r * k, k, codes + r * k);
+    }
+  });
+}
+
+// One row's columns [from, to): y = float(acc) * (amax * scale) (+ bias), then residual + y when given.
+void dequantize_span(const int32_t* __restrict a, float m, const float* __restrict scale,
+                     const float* __restrict bias, const float* __restrict residual, int64_t from, int64_t to,
+                     float* __restrict y) {
+  if (bias == nullptr && residual == nullptr) {
+    for (int64_t j = from; j < to; ++j) y[j] = static_cast<float>(a[j]) * (m * scale[j]);
+  } else if (bias == nullptr) {
+    for (int64_t j = from; j < to; ++j) y[j] = residual[j] + static_cast<float>(a[j]) * (m * scale[j]);
+  } else {
+    for (int64_t j = from; j < to; ++j) {
+      const float v = static_cast<float>(a[j]) * (m * scale[j]) + bias[j];
+      y[j] = residual != nullptr ? residual[j] + v : v;
+    }
+  }
+}
+
+void dequantize(const int32_t* acc, const float* amax, const float* scale, const float* bias,
+                const float* residual, int64_t rows, int64_t n, float* out) {
+  constexpr int64_t kBlock = 4096;  // columns per task: the LM head's 49,152 columns split over threads
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  at::parallel_for(0, rows * blocks, 4, [=](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r = task / blocks;
+      const int64_t from = (task % blocks) * kBlock;
+      const int64_t to = from + kBlock < n ? from + kBlock : n;
+      dequantize_span(acc + r * n, amax[r], scale, bias, residual != nullptr ? residual + r * n : nullptr, from,
+                      to, out + r * n);
+    }
+  });
+}
+
+// int32 sums of a few int8 rows against every weight row: out[m, n] = sum_k a[m, k] * w[n, k].
+//
+// Why not torch._int_mm for these. On a CPU with AMX, oneDNN's int8 gemm lays the weight out into AMX tiles on
+// every call; at one to a few rows that costs more than the matmul itself (measured on a 2-core Xeon with AMX:
+// 1 x 576 x 1728 took 40 us with AMX and 11 us without; at 496 rows AMX is 1.4-3x faster, so prefill keeps it).
+// Here each weight row is read once, for all rows of a, with AVX512-VNNI dot products. Integer sums are exact in
+// any order, so the result is _int_mm's, bit for bit.
+//
+// VNNI multiplies unsigned by signed bytes, so a is shifted by 128 (a + 128 is in 1..255 for int8 codes in
+// -127..127) and the shift is taken back with each weight row's sum: sum (a + 128) w = sum a w + 128 sum w.
+#ifdef COROLAB_X86
+constexpr int64_t kMaxSmallRows = 4;  // rows x 4 columns of accumulators: 16 of the 32 vector registers
+
+// Four int32 vectors to their four sums, in one vector: [sum a, sum b, sum c, sum d].
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+inline __m128i sum4(__m512i a, __m512i b, __m512i c, __m512i d) {
+  const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+  const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+  const __m512i all = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+  const __m256i half = _mm256_add_epi32(_mm512_castsi512_si256(all), _mm512_extracti64x4_epi64(all, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
+}
+
+// Weight rows [begin, end) against every row of the shifted activations, four weight rows at a time (four
+// independent chains of dot products). A separate function: a lambda does not inherit the target attribute.
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+void small_int_mm_cols(const uint8_t* shifted, int64_t m, int64_t k, const int8_t* w, const int32_t* wsum,
+                       int64_t n, int64_t begin, int64_t end, int32_t* out) {
+  const int64_t full = k / 64 * 64;
+  const __mmask64 tail = k == full ? 0 : (~0ULL >> (64 - (k - full)));
+  int64_t col = begin;
+  for (; col + 4 <= end; col += 4) {
+    const int8_t* rows[4] = {w + col * k, w + (col + 1) * k, w + (col + 2) * k, w + (col + 3) * k};
+    __m512i acc[kMaxSmallRows][4];
+    for (int64_t r = 0; r < m; ++r)
+      for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_si512();
+    for (int64_t i = 0; i < k; i += 64) {
+      const __mmask64 keep = i < full ? ~0ULL : tail;
+      __m512i wv[4];
+      for (int c = 0; c < 4; ++c) wv[c] = _mm512_maskz_loadu_epi8(keep, rows[c] + i);
+      for (int64_t r = 0; r < m; ++r) {
+        const __m512i av = _mm512_maskz_loadu_epi8(keep, shifted + r * k + i);
+        for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], av, wv[c]);
+      }
+    }
+    const __m128i bias = _mm_mullo_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wsum + col)),
+                                         _mm_set1_epi32(128));
+    for (int64_t r = 0; r < m; ++r) {
+      const __m128i sums = _mm_sub_epi32(sum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]), bias);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + r * n + col), sums);
+    }
+  }
+  for (; col < end; ++col) {  // the last few weight rows, one at a time
+    const int8_t* row = w + col * k;
+    for (int64_t r = 0; r < m; ++r) {
+      __m512i acc = _mm512_setzero_si512();
+      for (int64_t i = 0; i < k; i += 64) {
+        const __mmask64 keep = i < full ? ~0ULL : tail;
+        acc = _mm512_dpbusd_epi32(acc, _mm512_maskz_loadu_epi8(keep, shifted + r * k + i),
+                                  _mm512_maskz_loadu_epi8(keep, row + i));
+      }
+      out[r * n + col] = _mm512_reduce_add_epi32(acc) - 128 * wsum[col];
+    }
+  }
+}
+
+void small_int_mm_vnni(const int8_t* a, int64_t m, int64_t k, const int8_t* w, const int32_t* wsum, int64_t n,
+                       int32_t* out) {
+  std::vector<uint8_t> shifted(m * k);
+  for (int64_t i = 0; i < m * k; ++i) shifted[i] = static_cast<uint8_t>(static_cast<int32_t>(a[i]) + 128);
+  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+    small_int_mm_cols(shifted.data(), m, k, w, wsum, n, begin, end, out);
+  });
+}
+
+#endif
+
+// The int8 matmul: a few rows through small_int_mm_vnni where the CPU has VNNI, otherwise torch._int_mm.
+at::Tensor int_mm(const at::Tensor& codes, const at::Tensor& weight, const at::Tensor& weight_sum) {
+#ifdef COROLAB_X86
+  constexpr int64_t kSmall = kMaxSmallRows;  // rows; above this oneDNN's gemm is as fast or faster (RESULTS.md)
+  if (codes.size(0) <= kSmall && has_vnni() && weight.is_contiguous()) {
+    TORCH_CHECK(weight_sum.scalar_type() == at::kInt && weight_sum.numel() == weight.size(0),
+                "int8_linear: int32 weight sums per output expected");
+    auto out = at::empty({codes.size(0), weight.size(0)}, codes.options().dtype(at::kInt));
+    auto sums = weight_sum.contiguous();
+    small_int_mm_vnni(codes.const_data_ptr<int8_t>(), codes.size(0), codes.size(1), weight.const_data_ptr<int8_t>(),
+                      sums.const_data_ptr<int32_t>(), weight.size(0), out.mutable_data_ptr<int32_t>());
+    return out;
+  }
+#endif
+  return at::_int_mm(codes, weight.t());
+}
+
+// One W8A8 linear layer: Int8Linear.forward, bit for bit; with `norm`, the RMSNorm before it (rms_norm_rows);
+// with `residual`, the residual add after it (o_proj, down_proj).
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                       const at::Tensor& weight_sum, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm, double eps) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "int8_linear: float32 input expected");
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 2, "int8_linear: int8 [out, in] weight expected");
+  const int64_t n = weight.size(0);
+  const int64_t k = weight.size(1);
+  TORCH_CHECK(x.size(-1) == k, "int8_linear: input has ", x.size(-1), " features, the weight ", k);
+  auto rows = x.reshape({-1, k}).contiguous();
+  const int64_t r = rows.size(0);
+  if (norm.has_value() && norm->defined()) {  // the RMSNorm before q/k/v, gate/up and the LM head
+    auto weight_f = norm->contiguous();
+    TORCH_CHECK(weight_f.scalar_type() == at::kFloat && weight_f.numel() == k, "int8_linear: float32 norm weight");
+    auto normed = at::empty({r, k}, x.options());
+    rms_norm_rows(rows.const_data_ptr<float>(), r, k, weight_f.const_data_ptr<float>(), static_cast<float>(eps),
+                  normed.mutable_data_ptr<float>());
+    rows = normed;
+  }
+  auto codes = at::empty({r, k}, x.options().dtype(at::kChar));
+  auto amax = at::empty({r}, x.options());
+  quantize_rows(rows.const_data_ptr<float>(), r, k, codes.mutable_data_ptr<int8_t>(), amax.mutable_data_ptr<float>());
+  auto acc = int_mm(codes, weight, weight_sum);
+  auto scale_f = scale.contiguous();
+  TORCH_CHECK(scale_f.scalar_type() == at::kFloat && scale_f.numel() == n, "int8_linear: float32 scale per output");
+  at::Tensor bias_f, residual_f;
+  if (bias.has_value() && bias->defined()) {
+    bias_f = bias->contiguous();
+    TORCH_CHECK(bias_f.scalar_type() == at::kFloat && bias_f.numel() == n, "int8_linear: float32 bias per output");
+  }
+  if (residual.has_value() && residual->defined()) {
+    residual_f = residual->reshape({-1, n}).contiguous();
+    TORCH_CHECK(residual_f.scalar_type() == at::kFloat && residual_f.size(0) == r, "int8_linear: residual shape");
+  }
+  auto out = at::empty({r, n}, x.options());
+  dequantize(acc.const_data_ptr<int32_t>(), amax.const_data_ptr<float>(), scale_f.const_data_ptr<float>(),
+             bias_f.defined() ? bias_f.const_data_ptr<float>() : nullptr,
+             residual_f.defined() ? residual_f.const_data_ptr<float>() : nullptr, r, n, out.mutable_data_ptr<float>());
+  auto shape = x.sizes().vec();
+  shape.back() = n;
+  return out.view(shape);
+}
+
+// Rotary embedding of one head vector: x * cos + cat(-x[half:], x[:half]) * sin, as LlamaForward._rotate.
+inline void rotate(const float* x, const float* cos, const float* sin, int64_t d, float* out) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < d; ++i) {
+    const float other = i < half ? -x[i + half] : x[i - half];
+    out[i] = x[i] * cos[i] + other * sin[i];
+  }
+}
+
+// Softmax attention of one query over n keys: the scores, their maximum, exp(score - max) and the weighted
+// sum of the values, each in one fixed order (see dot). Not torch's SDPA: one call per (row, head) costs it
+// more in setting up than the arithmetic here, and its kernel splits the keys differently with the thread
+// count (RESULTS.md), so the same row could round differently from one step to the next.
+void attend_one(const float* q, const float* k, int64_t kstride, const float* v, int64_t vstride, int64_t n,
+                int64_t d, float scale, std::vector<float>& weights, float* out) {
+  weights.resize(n);
+  float top = -INFINITY;
+  for (int64_t t = 0; t < n; ++t) {
+    const float score = dot(q, k + t * kstride, d) * scale;
+    weights[t] = score;
+    top = score > top ? score : top;
+  }
+  float total = 0.0f;
+  for (int64_t t = 0; t < n; ++t) {
+    weights[t] = std::exp(weights[t] - top);
+    total += weights[t];
+  }
+  float acc[256] = {};
+  for (int64_t t = 0; t < n; ++t) {
+    const float w = weights[t];
+    const float* value = v + t * vstride;
+    for (int64_t i = 0; i < d; ++i) acc[i] += w * value[i];
+  }
+  const float inv = 1.0f / total;
+  for (int64_t i = 0; i < d; ++i) out[i] = acc[i] * inv;
+}
+
+// One decode step's attention for a layer: rotate q and k, write k and v into the cache buffers at column
+// `start`, attend, and return the heads side by side [B, H * D] (o_proj's input).
+// qkv: [B, (H + 2G) * D], the fused projection's output. cos, sin: [B, D]. keys, values: [B, G, C, D] buffers
+// with C > start. Each row attends over its own last lengths[b] keys (close_holes keeps a row's real keys at the
+// right end), never over another row's padding, as LlamaForward._attend does in Python.
+at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, at::Tensor keys,
+                         at::Tensor values, int64_t start, const at::Tensor& lengths, int64_t heads,
+                         int64_t kv_heads) {
+  TORCH_CHECK(qkv.scalar_type() == at::kFloat && keys.scalar_type() == at::kFloat, "attend_decode: float32 expected");
+  const int64_t b = keys.size(0);
+  const int64_t d = keys.size(3);
+  TORCH_CHECK(keys.size(1) == kv_heads && values.sizes() == keys.sizes(), "attend_decode: cache shape");
+  TORCH_CHECK(start >= 0 && start < keys.size(2), "attend_decode: no room in the cache at column ", start);
+  TORCH_CHECK(keys.stride(3) == 1 && values.stride(3) == 1, "attend_decode: cache rows must be contiguous");
+  auto qkv_c = qkv.reshape({b, (heads + 2 * kv_heads) * d}).contiguous();
+  auto cos_c = cos.reshape({b, d}).contiguous();
+  auto sin_c = sin.reshape({b, d}).contiguous();
+  auto q = at::empty({b, heads, 1, d}, qkv.options());
+  const float* src = qkv_c.const_data_ptr<float>();
+  const float* cp = cos_c.const_data_ptr<float>();
+  const float* sp = sin_c.const_data_ptr<float>();
+  float* qp = q.mutable_data_ptr<float>();
+  float* kp = keys.mutable_data_ptr<float>();
+  float* vp = values.mutable_data_ptr<float>();
+  const int64_t filled = start + 1;
+  auto lengths_c = lengths.to(at::kLong).contiguous();
+  TORCH_CHECK(lengths_c.numel() == b, "attend_decode: one length per row expected");
+  const int64_t* lp = lengths_c.const_data_ptr<int64_t>();
+  for (int64_t row = 0; row < b; ++row) {
+    TORCH_CHECK(lp[row] >= 1 && lp[row] <= filled, "attend_decode: row ", row, " has ", lp[row], " keys of ", filled);
+  }
+  TORCH_CHECK(d <= 256, "attend_decode: head size up to 256");
+  // Checked above, written below: a refused call leaves the cache as it was.
+  const int64_t width = (heads + 2 * kv_heads) * d;
+  for (int64_t row = 0; row < b; ++row) {
+    const float* in = src + row * width;
+    for (int64_t h = 0; h < heads; ++h) {
+      rotate(in + h * d, cp + row * d, sp + row * d, d, qp + (row * heads + h) * d);
+    }
+    for (int64_t g = 0; g < kv_heads; ++g) {
+      float* kdst = kp + row * keys.stride(0) + g * keys.stride(1) + start * keys.stride(2);
+      rotate(in + (heads + g) * d, cp + row * d, sp + row * d, d, kdst);
+      float* vdst = vp + row * values.stride(0) + g * values.stride(1) + start * values.stride(2);
+      const float* vin = in + (heads + kv_heads + g) * d;
+      for (int64_t i = 0; i < d; ++i) vdst[i] = vin[i];
+    }
+  }
+  auto out = at::empty({b, heads * d}, qkv.options());
+  float* op = out.mutable_data_ptr<float>();
+  const int64_t group = heads / kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  // One (row, head) per task, computed start to end by one thread: the same numbers for any thread count.
+  at::parallel_for(0, b * heads, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> weights;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / heads;
+      const int64_t h = task % heads;
+      const int64_t n = lp[row];
+      const int64_t g = h / group;
+      const float* kbase = kp + row * keys.stride(0) + g * keys.stride(1) + (filled - n) * keys.stride(2);
+      const float* vbase = vp + row * values.stride(0) + g * values.stride(1) + (filled - n) * values.stride(2);
+      attend_one(qp + (row * heads + h) * d, kbase, keys.stride(2), vbase, values.stride(2), n, d, scale, weights,
+                 op + row * heads * d + h * d);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(corolab, m) {
+  m.def("int8_linear(Tensor x, Tensor weight, Tensor scale, Tensor weight_sum, Tensor? bias=None, "
+        "Tensor? residual=None, Tensor? norm=None, float eps=0.0) -> Tensor");
+  m.def("attend_decode(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) keys, Tensor(b!) values, int start, "
+        "Tensor lengths, int heads, int kv_heads) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(corolab, CPU, m) {
+  m.impl("int8_linear", &int8_linear);
+  m.impl("attend_decode", &attend_decode);
+}

@@ -1,0 +1,73 @@
+"""What admission hands back: one request's stream of deltas, and the way to withdraw it.
+
+The engine side feeds a handle with :meth:`RequestHandle.put` on the event loop (a worker thread gets
+there with ``loop.call_soon_threadsafe``). The transport side reads it with ``async for`` and may call
+:meth:`RequestHandle.cancel` from any coroutine (a disconnect watcher, a reader task): the reader wakes up
+at once, and the engine is told to free the request's slot or its place in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from corolab.serving.engine.base import Delta, EngineError, RequestFailedError
+
+_CANCELLED = object()
+
+
+class RequestHandle:
+    """An admitted request. Iterate it for its deltas; the last one carries ``finish_reason``.
+
+    ``on_cancel`` is the engine's hook, called once, on the event loop, when the request is withdrawn
+    before it finished.
+    """
+
+    def __init__(self, key: int, prompt_tokens: int, on_cancel: Callable[[RequestHandle], None]) -> None:
+        self.key = key
+        self.prompt_tokens = prompt_tokens
+        self.cancelled = False
+        self.finished = False
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._on_cancel = on_cancel
+
+    # -- the engine's side -------------------------------------------------------------------------------
+
+    def put(self, item: Delta | BaseException) -> None:
+        """Deliver a delta or a failure. Call on the event loop."""
+        self._queue.put_nowait(item)
+
+    # -- the transport's side ----------------------------------------------------------------------------
+
+    def __aiter__(self) -> RequestHandle:
+        return self
+
+    async def __anext__(self) -> Delta:
+        if self.finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if item is _CANCELLED:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self.finished = True
+            if isinstance(item, EngineError):
+                raise item
+            raise RequestFailedError("the model failed while generating this reply") from item
+        assert isinstance(item, Delta)
+        if item.finish_reason is not None:
+            self.finished = True
+        return item
+
+    def cancel(self) -> None:
+        """Withdraw the request (idempotent; a no-op once it finished). Wakes a pending ``async for``."""
+        if self.finished or self.cancelled:
+            return
+        self.cancelled = self.finished = True
+        self._queue.put_nowait(_CANCELLED)
+        self._on_cancel(self)
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+
+__all__ = ["RequestHandle"]

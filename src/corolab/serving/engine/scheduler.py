@@ -1,0 +1,145 @@
+"""The batched engine's scheduling decision, as a plain object: which requests join, which leave, and how
+many prompt tokens each step may prefill.
+
+It holds no threads, no model and no clock, so a test (or a reader) can drive it step by step. The worker
+thread in :mod:`corolab.serving.engine.batched` asks it for a :class:`StepPlan` before every model step, runs
+the plan on the backend, and reports back what finished. The book drives it by hand in
+book/part6-llm-server/05-continuous-batching.md.
+
+The rules, in the order :meth:`Scheduler.plan` applies them:
+
+1. Requests withdrawn since the last step leave now; their rows are dropped before the next forward pass.
+2. Prompts already being prefilled continue first (oldest first), so no admitted request starves.
+3. Waiting requests join, oldest first, while the batch has room (``max_batch_size`` rows, counting those
+   still prefilling) and the step's prefill budget lasts.
+4. A prompt longer than what is left of the budget is prefilled in chunks over several steps. The budget
+   is what keeps one long prompt from stalling every running request's next token: each step prefills at
+   most ``prefill_budget`` prompt tokens, then every running request decodes one token.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from corolab.serving.engine.base import QueueFullError
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Entry(Generic[T]):
+    """One request as the scheduler sees it: a key, a prompt length, and the engine's own payload."""
+
+    key: int
+    prompt_len: int
+    payload: T
+    prefilled: int = 0  # prompt tokens planned into the model's cache so far
+
+
+@dataclass(frozen=True)
+class Chunk(Generic[T]):
+    """Prefill prompt tokens ``[start, end)`` of ``entry`` in this step."""
+
+    entry: Entry[T]
+    start: int
+    end: int
+
+    @property
+    def last(self) -> bool:
+        return self.end >= self.entry.prompt_len
+
+
+@dataclass
+class StepPlan(Generic[T]):
+    drop: list[Entry[T]] = field(default_factory=list)      # withdrawn while in the model: free their rows
+    prefill: list[Chunk[T]] = field(default_factory=list)   # prompt chunks to run this step
+    decode: list[Entry[T]] = field(default_factory=list)    # running requests that decode one token after it
+
+
+class Scheduler(Generic[T]):
+    """FIFO admission into a bounded batch with a per-step prefill budget. Not thread-safe: the engine
+    calls it under its own lock."""
+
+    def __init__(self, max_batch_size: int = 32, max_waiting: int = 256, prefill_budget: int = 512) -> None:
+        if max_batch_size < 1 or max_waiting < 0 or prefill_budget < 1:
+            raise ValueError("max_batch_size and prefill_budget must be at least 1, max_waiting at least 0")
+        self.max_batch_size = max_batch_size
+        self.max_waiting = max_waiting
+        self.prefill_budget = prefill_budget
+        self.waiting: deque[Entry[T]] = deque()
+        self.prefilling: list[Entry[T]] = []
+        self.running: dict[int, Entry[T]] = {}
+        self._withdrawn: list[Entry[T]] = []
+
+    def add(self, entry: Entry[T]) -> None:
+        """Queue a request, or refuse it at once when the queue is full. Requests that the next step will
+        admit (there is a free slot for each) do not count as queued: ``max_waiting=0`` refuses only
+        requests that would have to wait for a slot, and a burst faster than the worker is not refused
+        while slots are free."""
+        free = self.max_batch_size - len(self.prefilling) - len(self.running)
+        if len(self.waiting) >= self.max_waiting + max(0, free):
+            raise QueueFullError(retry_after=1.0)
+        self.waiting.append(entry)
+
+    def cancel(self, key: int) -> Entry[T] | None:
+        """Withdraw a request. A waiting one leaves at once and is returned (it never reached the model);
+        one in the model leaves at the next :meth:`plan`."""
+        for entry in self.waiting:
+            if entry.key == key:
+                self.waiting.remove(entry)
+                return entry
+        for entry in [*self.prefilling, *self.running.values()]:
+            if entry.key == key:
+                self._remove(entry)
+                self._withdrawn.append(entry)
+        return None
+
+    def finish(self, key: int) -> Entry[T] | None:
+        """A request ended (its last token, or its own failure): its slot is free for the next plan."""
+        for entry in [*self.prefilling, *self.running.values()]:
+            if entry.key == key:
+                self._remove(entry)
+                return entry
+        return None
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.running or self._withdrawn)
+
+    def plan(self) -> StepPlan[T]:
+        """Decide the next step. Assumes the planned chunks will run: a prompt whose last chunk is planned
+        counts as running from now on, and decodes in this same step."""
+        plan: StepPlan[T] = StepPlan(drop=self._withdrawn)
+        self._withdrawn = []
+        budget = self.prefill_budget
+        for entry in list(self.prefilling):         # rule 2: unfinished prompts first
+            if budget <= 0:
+                break
+            budget -= self._chunk(entry, budget, plan)
+        while self.waiting and budget > 0 and len(self.prefilling) + len(self.running) < self.max_batch_size:
+            entry = self.waiting.popleft()           # rule 3: oldest first, while there is room
+            self.prefilling.append(entry)
+            budget -= self._chunk(entry, budget, plan)
+        plan.decode = list(self.running.values())
+        return plan
+
+    def _chunk(self, entry: Entry[T], budget: int, plan: StepPlan[T]) -> int:
+        start = entry.prefilled
+        end = min(entry.prompt_len, start + budget)  # rule 4: as much of the prompt as the budget allows
+        chunk = Chunk(entry, start, end)
+        plan.prefill.append(chunk)
+        entry.prefilled = end
+        if chunk.last:
+            self.prefilling.remove(entry)
+            self.running[entry.key] = entry
+        return end - start
+
+    def _remove(self, entry: Entry[T]) -> None:
+        if entry in self.prefilling:
+            self.prefilling.remove(entry)
+        self.running.pop(entry.key, None)
+
+
+__all__ = ["Chunk", "Entry", "Scheduler", "StepPlan"]
