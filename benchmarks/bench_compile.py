@@ -18,13 +18,14 @@ import torch
 from bench_quantize import step_ms  # the same step timing as the quantization ablation (run from any folder:
                                     # a script's own folder is on sys.path)
 from corolab.serving.backends.embedded import EmbeddedBackend
-from corolab.serving.backends.llama_forward import LlamaForward
+from corolab.serving.config import ModelConfig
+from corolab.serving.backends.cpu.llama_forward import LlamaForward
 
 
 def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    backend = EmbeddedBackend(prefix_cache=False)
+    backend = EmbeddedBackend(ModelConfig(prefix_cache=False))
     backend.load()
     eager = LlamaForward(backend.model, exact=False)
     compiled = torch.compile(eager.__call__, dynamic=True)

@@ -1,5 +1,5 @@
 """The fused-kernel lever, measured: ``LlamaForward`` op by op from Python against the same pass through
-``corolab/serving/backends/kernels.cpp``, on the embedded model in its default mode (int8, exact attention).
+``corolab/serving/backends/cpu/kernels.cpp``, on the embedded model in its default mode (int8, exact attention).
 
 * speed: milliseconds per decode step of ``HFBatch`` at batch 1, 8 and 32, best of ``--rounds`` interleaved rounds
   (every variant sees the same machine), on ``--threads`` torch threads;
@@ -20,8 +20,9 @@ import torch
 
 from bench_quantize import PROMPTS, references, step_ms  # run from any folder: a script's own folder is on sys.path
 from corolab.serving.backends.embedded import EmbeddedBackend
+from corolab.serving.config import ModelConfig
 from corolab.serving.backends.kvcache import empty_cache
-from corolab.serving.backends.llama_forward import LlamaForward
+from corolab.serving.backends.cpu.llama_forward import LlamaForward
 
 
 def served_quality(lean, layers: int, refs) -> tuple[float, float]:
@@ -44,7 +45,7 @@ def served_quality(lean, layers: int, refs) -> tuple[float, float]:
 
 def matmul_us(kernels, rows: int, inputs: int, outputs: int, repeat: int = 50) -> tuple[float, float]:
     """One int8 layer at ``rows`` rows: the kernels' whole layer call, and ``torch._int_mm`` alone."""
-    from corolab.serving.backends.quantize import Int8Linear
+    from corolab.serving.backends.cpu.quantize import Int8Linear
 
     layer = Int8Linear(torch.nn.Linear(inputs, outputs, bias=False))
     x = torch.randn(rows, inputs)
@@ -77,8 +78,8 @@ def main() -> None:
     backends: dict[str, EmbeddedBackend] = {}
 
     def load() -> None:
-        backends["float32"] = EmbeddedBackend(prefix_cache=False, quantize="none")
-        backends["int8"] = EmbeddedBackend(prefix_cache=False)
+        backends["float32"] = EmbeddedBackend(ModelConfig(prefix_cache=False, quantize="none"))
+        backends["int8"] = EmbeddedBackend(ModelConfig(prefix_cache=False))
         for backend in backends.values():
             backend.load()
 

@@ -5,7 +5,7 @@ Variants of the embedded SmolLM2-135M-Instruct, each loaded in this process:
 * ``float32``: what ``--quantize none`` serves on a CPU;
 * ``float32/hf``: the same through transformers' own forward instead of ``LlamaForward`` (the Python-per-step lever);
 * ``bfloat16``: ``--dtype bfloat16`` (float weights);
-* ``int8``: int8 weights and per-token int8 activations (``corolab.serving.backends.quantize``), without smoothing;
+* ``int8``: int8 weights and per-token int8 activations (``corolab.serving.backends.cpu.quantize``), without smoothing;
 * ``int8+smooth``: the same after SmoothQuant factors are folded in: what ``--quantize int8`` (the CPU default) serves;
 * ``int8+smooth/batched``: ``--attention batched``: ``LlamaForward`` with one attention call for the batch;
 * ``int8+smooth/hf``: that, through transformers' forward (batched attention: not bit-exact across batches);
@@ -32,6 +32,7 @@ import torch
 
 from corolab.serving.backends import embedded
 from corolab.serving.backends.hf import HFBackend
+from corolab.serving.config import ModelConfig
 from corolab.serving.params import SamplingParams
 
 PROMPTS = ["Tell me a story about a cat.", "What is the capital of France?", "Write a haiku about autumn.",
@@ -44,19 +45,20 @@ def load(variant: str) -> HFBackend:
     base, _, forward = variant.partition("/")
     dtype = "bfloat16" if base == "bfloat16" else "float32"
     quantize = {"int8": "int8-nosmooth", "int8+smooth": "int8"}.get(base, "none")
-    backend = HFBackend(str(embedded.ensure_converted()), dtype=dtype, quantize=quantize, prefix_cache=False)
+    config = ModelConfig(model=str(embedded.ensure_converted()), dtype=dtype, quantize=quantize, prefix_cache=False)
+    backend = HFBackend(config)
     backend.load()
     if forward == "hf":
         backend.lean = None
     elif forward == "batched":
-        from corolab.serving.backends.llama_forward import LlamaForward
+        from corolab.serving.backends.cpu.llama_forward import LlamaForward
 
         backend.lean = LlamaForward(backend.model, exact=False)
     if variant == "ao-dynamic":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             backend.model = torch.ao.quantization.quantize_dynamic(backend.model, {torch.nn.Linear}, dtype=torch.qint8)
-        from corolab.serving.backends.llama_forward import LlamaForward
+        from corolab.serving.backends.cpu.llama_forward import LlamaForward
 
         backend.lean = LlamaForward(backend.model)
     return backend

@@ -3,7 +3,7 @@
 One run: four servers on the embedded model, started once and kept (`--threads 1`, `--threads N` with
 N = all cores, `--threads N` with `OMP_WAIT_POLICY=PASSIVE`, which makes OpenMP's idle threads sleep
 instead of spin, and the default, which picks between N-1 and N threads from what its steps get:
-`corolab.serving.backends.threads.ThreadTuner`). For each condition, quiet (nothing else running) and busy (one
+`corolab.serving.backends.cpu.torch_threads.ThreadTuner`). For each condition, quiet (nothing else running) and busy (one
 competing process that spins on a core, as a second user or a notebook would), every server serves the same
 closed-loop load at each concurrency, interleaved: each round measures every server at one level before the
 next. The best round counts. It prints output tokens/s per server, condition and level, then the ratios to

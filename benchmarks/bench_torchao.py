@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from corolab.serving.backends.quantize import Int8Linear
+from corolab.serving.backends.cpu.quantize import Int8Linear
 
 
 def best_us(fn, x, rounds: int = 5, calls: int = 200) -> float:

@@ -11,7 +11,7 @@ start=$(date +%s)
 # once, so no chapter shows their progress bars or build message; and no Hugging Face progress bars or
 # transformers warnings in the chapters' kernels, which inherit this environment.
 corolab model convert >/dev/null
-python -c "from corolab.serving.backends.kernels import ops; ops()"
+python -c "from corolab.serving.backends.cpu.kernels import ops; ops()"
 export HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error
 # -W: any Sphinx warning fails the build; -n: broken references are warnings too.
 jupyter-book build . -W -n --keep-going

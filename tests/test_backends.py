@@ -136,13 +136,14 @@ def test_chat_template_sampling_and_detok_on_the_model(smol):
 def test_dtype_choice():
     import torch
 
-    from corolab.serving.backends.hf import pick_dtype
+    from corolab.serving.backends.placement import pick_dtype
+    from corolab.serving.config import ModelConfig
 
     assert pick_dtype("auto", "cpu") is torch.float32   # batch-invariant greedy replies (see pick_dtype)
     assert pick_dtype("auto", "cuda") is torch.bfloat16
     assert pick_dtype("bfloat16", "cpu") is torch.bfloat16
-    with pytest.raises(ValueError, match="unknown dtype"):
-        pick_dtype("float8", "cpu")
+    with pytest.raises(ValueError, match="unknown --dtype"):  # the config's one validator refuses it
+        ModelConfig(dtype="float8").validate()
 
 
 @pytest.mark.model
@@ -152,10 +153,11 @@ def test_the_model_serves_in_bfloat16_on_request(smol):
     import torch
 
     from corolab.serving.backends.embedded import EmbeddedBackend
+    from corolab.serving.config import ModelConfig
 
-    fast = EmbeddedBackend(dtype="bfloat16")
+    fast = EmbeddedBackend(ModelConfig(dtype="bfloat16"))
     fast.load()
-    exact = EmbeddedBackend(quantize="none")
+    exact = EmbeddedBackend(ModelConfig(quantize="none"))
     exact.load()
     assert fast.info.dtype == "bfloat16" and next(fast.model.parameters()).dtype is torch.bfloat16
     assert fast.info.quantization == exact.info.quantization == "none"
@@ -224,7 +226,7 @@ def test_the_cache_keeps_room_for_what_its_rows_can_still_generate(smol):
 
 
 def test_the_thread_count_is_tuned_unless_fixed(smol):
-    from corolab.serving.backends.threads import ThreadTuner, cores, machine_idle_seconds
+    from corolab.serving.backends.cpu.torch_threads import ThreadTuner, cores, machine_idle_seconds
 
     tuner = smol.thread_tuner()
     if cores() < 2 or machine_idle_seconds() is None:

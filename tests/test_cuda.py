@@ -15,8 +15,9 @@ pytestmark = [pytest.mark.model, pytest.mark.skipif(not torch.cuda.is_available(
 @pytest.fixture(scope="module")
 def gpu():
     from corolab.serving.backends.embedded import EmbeddedBackend
+    from corolab.serving.config import ModelConfig
 
-    backend = EmbeddedBackend(device="cuda")
+    backend = EmbeddedBackend(ModelConfig(device="cuda"))
     backend.load()
     return backend
 

@@ -16,7 +16,7 @@ import pytest
 from corolab.serving.backends.base import Batch
 from corolab.serving.backends.fake import FakeBackend
 from corolab.serving.engine import (
-    ENGINE_KINDS, EngineError, EngineNotReadyError, PromptTooLongError, QueueFullError, SamplingParams, create_engine,
+    ENGINE_KINDS, EngineError, EngineNotReadyError, LimitError, QueueFullError, SamplingParams, create_engine,
 )
 
 CHAT = [{"role": "user", "content": "你好，世界! hello"}]
@@ -156,7 +156,7 @@ async def test_errors_come_before_the_first_delta(kind):
     with pytest.raises(EngineNotReadyError):
         await collect(engine)
     await engine.start()
-    with pytest.raises(PromptTooLongError):
+    with pytest.raises(LimitError):
         await collect(engine, messages=[{"role": "user", "content": "x" * 100}])
     assert text_of(await collect(engine, messages=[{"role": "user", "content": "hi"}])) == "You said: hi"
     await engine.stop()

@@ -1,4 +1,4 @@
-"""The fused C++ kernels (``corolab/serving/backends/kernels.cpp``).
+"""The fused C++ kernels (``corolab/serving/backends/cpu/kernels.cpp``).
 
 Two contracts, tested with ``torch.equal``, never a tolerance:
 * the int8 layer is the Python layer bit for bit (quantize, integer matmul, dequantize);
@@ -16,8 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from corolab.serving.backends import kernels  # noqa: E402
-from corolab.serving.backends.quantize import Int8Linear, quantize_linears  # noqa: E402
+from corolab.serving.backends.cpu import kernels  # noqa: E402
+from corolab.serving.backends.cpu.quantize import Int8Linear, quantize_linears  # noqa: E402
 from corolab.serving.params import SamplingParams  # noqa: E402
 
 
@@ -178,7 +178,7 @@ def test_decode_steps_agree_with_the_python_path(ops, exact):
     """Rows of different lengths (left padding), a cache that must grow mid-run, seven steps: the kernels'
     logits and cache are the Python pass's, to float32 rounding."""
     from corolab.serving.backends.kvcache import empty_cache
-    from corolab.serving.backends.llama_forward import LlamaForward
+    from corolab.serving.backends.cpu.llama_forward import LlamaForward
 
     model = _quantized_tiny_llama()
     plain, fused = LlamaForward(model, exact=exact), LlamaForward(model, exact=exact, kernels=ops)
@@ -211,7 +211,7 @@ def test_the_model_uses_the_kernels_and_agrees_with_the_python_path(smol):
     amplify a last-bit difference in a sum (measured: logits 3-9 % apart; quality the same within noise,
     RESULTS.md), so a near-tie can go the other way."""
     from corolab.serving.backends.kvcache import empty_cache
-    from corolab.serving.backends.llama_forward import LlamaForward
+    from corolab.serving.backends.cpu.llama_forward import LlamaForward
 
     assert smol.lean is not None and smol.lean.kernels is not None  # the default CPU path uses them
     plain, fused = LlamaForward(smol.model, exact=smol.lean.exact), smol.lean

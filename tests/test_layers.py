@@ -12,12 +12,13 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "corolab"
 
 #: Lower numbers are lower layers. A module may import its own layer or lower ones only.
-LAYERS = {"params": 0, "config": 0, "backends": 1, "engine": 2, "protocol": 3, "server": 4}
+LAYERS = {"choices": 0, "params": 0, "config": 0, "backends": 1, "engine": 2, "protocol": 3, "server": 4}
 
 
 def layer_of(module: str) -> int | None:
+    """The layer of a module of the serving stack (``corolab.serving.<layer>...``); ``None`` outside it."""
     parts = module.split(".")
-    return LAYERS.get(parts[1]) if parts[0] == "corolab" and len(parts) > 1 else None
+    return LAYERS.get(parts[2]) if parts[:2] == ["corolab", "serving"] and len(parts) > 2 else None
 
 
 def imports(path: Path) -> list[str]:
@@ -48,3 +49,4 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from corolab.serving.engine.base import Delta\n")
     assert [layer_of(n) for n in imports(bad)] == [LAYERS["engine"]] and LAYERS["engine"] > LAYERS["backends"]
+    assert layer_of("corolab.serving.backends.cpu.kernels") == LAYERS["backends"]

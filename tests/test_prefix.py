@@ -97,9 +97,10 @@ def continuations(backend, prompts, steps=20) -> dict[int, list[int]]:
 @pytest.mark.model
 def test_reusing_the_shared_opening_generates_exactly_the_same_tokens(smol):
     from corolab.serving.backends.embedded import EmbeddedBackend
+    from corolab.serving.config import ModelConfig
     from corolab.bench.dataset import synthetic_prompts
 
-    plain = EmbeddedBackend(prefix_cache=False)
+    plain = EmbeddedBackend(ModelConfig(prefix_cache=False))
     plain.load()
     assert plain.prefixes is None and smol.prefixes is not None
     prompts = [smol.encode_chat(p.messages()) for p in synthetic_prompts(6, prompt_tokens=24, seed=3)]

@@ -9,8 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from corolab.serving.backends.hf import pick_quantization  # noqa: E402
-from corolab.serving.backends.quantize import FusedInt8, FusedPart, Int8Linear, quantize_linears, smooth  # noqa: E402
+from corolab.serving.backends.placement import pick_quantization  # noqa: E402
+from corolab.serving.config import ModelConfig  # noqa: E402
+from corolab.serving.backends.cpu.quantize import FusedInt8, FusedPart, Int8Linear, quantize_linears, smooth  # noqa: E402
 from corolab.serving.params import SamplingParams  # noqa: E402
 
 
@@ -50,13 +51,13 @@ def test_quantization_is_chosen_by_device_and_dtype():
     assert pick_quantization("auto", "cpu", "float32") == "int8"
     assert pick_quantization("auto", "cuda", "bfloat16") == "none"
     assert pick_quantization("auto", "cpu", "bfloat16") == "none"   # an explicit dtype means float weights
-    assert pick_quantization("none", "cpu") == "none"
+    assert pick_quantization("none", "cpu", "float32") == "none"
     with pytest.raises(ValueError, match="CPU only"):
         pick_quantization("int8", "cuda", "bfloat16")
     with pytest.raises(ValueError, match="float32"):
         pick_quantization("int8", "cpu", "bfloat16")
-    with pytest.raises(ValueError, match="unknown --quantize"):
-        pick_quantization("int4", "cpu")
+    with pytest.raises(ValueError, match="unknown --quantize"):  # the config's one validator refuses it
+        ModelConfig(quantize="int4").validate()
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_lean_forward_matches_transformers_with_padding_and_decoding(tiny_llama,
     """The lean pass and transformers' forward agree on a left-padded prefill and on the decode steps after
     it, through corolab's own cache."""
     from corolab.serving.backends.kvcache import empty_cache
-    from corolab.serving.backends.llama_forward import LlamaForward, supports
+    from corolab.serving.backends.cpu.llama_forward import LlamaForward, supports
 
     assert supports(tiny_llama)
     lean = LlamaForward(tiny_llama, exact=exact)
@@ -130,7 +131,7 @@ def test_int8_costs_little_quality_on_the_model(smol):
     from corolab.serving.backends.embedded import EmbeddedBackend
 
     assert smol.info.quantization == "int8"  # the CPU default
-    exact = EmbeddedBackend(quantize="none")
+    exact = EmbeddedBackend(ModelConfig(quantize="none"))
     exact.load()
     losses = {"int8": 0.0, "float32": 0.0}
     for text in ("Tell me a story about a cat.", "Explain recursion in one paragraph.", "Who wrote Hamlet?"):
@@ -149,7 +150,7 @@ def test_int8_replies_are_bit_exact_alone_or_in_a_batch(smol):
     of a prompt between the prefix store and the prefill changes float rounding in attention)."""
     from corolab.serving.backends.embedded import EmbeddedBackend
 
-    backend = EmbeddedBackend(prefix_cache=False)
+    backend = EmbeddedBackend(ModelConfig(prefix_cache=False))
     backend.load()
     greedy = SamplingParams(temperature=0, ignore_eos=True, max_tokens=100)
     prompts = [backend.encode_chat([{"role": "user", "content": c}]) for c in (
@@ -176,7 +177,7 @@ def test_lean_forward_declines_what_it_does_not_compute(tiny_llama):
     such models go through their own forward."""
     import copy
 
-    from corolab.serving.backends.llama_forward import supports
+    from corolab.serving.backends.cpu.llama_forward import supports
 
     for attribute, value in (("rope_scaling", {"rope_type": "dynamic", "factor": 2.0}),
                              ("sliding_window", 64), ("hidden_act", "gelu")):

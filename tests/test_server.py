@@ -14,7 +14,8 @@ import httpx
 import pytest
 from scripted_engine import ScriptedEngine, running_server, wait_for, wait_healthy
 
-from corolab.serving.engine.base import EngineError, EngineNotReadyError, PromptTooLongError, QueueFullError
+from corolab.serving.engine.base import EngineError, EngineNotReadyError, QueueFullError
+from corolab.serving.params import LimitError
 from corolab.serving.server.app import create_app
 
 HELLO = {"model": "scripted-model", "messages": [{"role": "user", "content": "hello"}]}
@@ -164,7 +165,7 @@ async def test_unknown_model_is_404_and_served_names_are_listed() -> None:
 
 
 @pytest.mark.parametrize("refusal, status, error_type, code", [
-    (PromptTooLongError("the prompt has 5000 tokens; the context window is 2048"), 400, "invalid_request_error",
+    (LimitError("the prompt has 5000 tokens; the context window is 2048"), 400, "invalid_request_error",
      "context_length_exceeded"),
     (QueueFullError(retry_after=2.6), 429, "rate_limit_error", "queue_full"),
     (EngineNotReadyError("the model is still loading"), 503, "service_unavailable", None),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from corolab.serving.backends.threads import ThreadTuner, machine_idle_seconds
+from corolab.serving.backends.cpu.torch_threads import ThreadTuner, machine_idle_seconds
 
 
 class Machine:

@@ -11,7 +11,8 @@ from scripted_engine import ScriptedEngine, running_server, wait_for, wait_healt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from corolab.serving.engine.base import PromptTooLongError, QueueFullError
+from corolab.serving.engine.base import QueueFullError
+from corolab.serving.params import LimitError
 from corolab.serving.server.app import create_app
 
 SEED_HISTORY = [
@@ -115,7 +116,7 @@ async def test_binary_frames_are_read_as_utf8_json() -> None:
 
 @pytest.mark.parametrize("refusal, error_type, code", [
     (QueueFullError(), "rate_limit_error", "queue_full"),
-    (PromptTooLongError("the prompt does not fit the context window"), "invalid_request_error",
+    (LimitError("the prompt does not fit the context window"), "invalid_request_error",
      "context_length_exceeded"),
 ])
 async def test_engine_refusal_becomes_error_frame(refusal: Exception, error_type: str, code: str) -> None:

@@ -1,25 +1,62 @@
-"""The server's settings in one dataclass: the ``corolab serve`` options, ``create_engine`` and
-``create_app`` all read this, so a default is decided here and nowhere else."""
+"""The serving stack's settings in two dataclasses, and the one validator: every setting's default is
+written here and nowhere else (``tests/test_settings.py`` fails on a default restated elsewhere).
+
+- :class:`ModelConfig`: what a backend needs to load and run a model (model, device, dtype, quantize,
+  attention, threads, prefix cache). ``load_backend`` and the backends take it.
+- :class:`ServeConfig`: everything ``corolab serve`` can be told. It is a :class:`ModelConfig` with the
+  server's settings added, so one object goes from the command line to the backend, the engine, the
+  scheduler and the app. The CLI's options, ``create_engine``, ``Scheduler`` and ``create_app`` all read it.
+
+The allowed values of the named settings are ``Literal`` types in :mod:`corolab.serving.choices`.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from corolab.serving.choices import Attention, Device, Dtype, EngineKind, LogLevel, Quantization, choices
+
+#: Each named setting's allowed values, checked by :meth:`ModelConfig.validate`.
+_ALLOWED: dict[str, object] = {"device": Device, "dtype": Dtype, "quantize": Quantization, "attention": Attention,
+                               "engine": EngineKind, "log_level": LogLevel}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
-class ServeConfig:
-    """Everything ``corolab serve`` can be told. Each field's default is the server's default."""
+class ModelConfig:
+    """What a model backend is told. Each field's default is the server's default."""
 
     model: str | None = None          # None: the embedded SmolLM2-135M-Instruct; "fake", "fake:0.05", an id or path
-    engine: str = "batched"           # naive | threads | batched
-    device: str = "auto"              # auto | cpu | cuda | mps
-    dtype: str = "auto"               # auto | float32 | bfloat16 | float16
-    quantize: str = "auto"            # auto | none | int8 (auto: int8 on a CPU, none elsewhere)
-    attention: str = "exact"          # exact: row by row, a reply is the same in any batch | batched: faster
-    threads: int | None = None        # torch's threads for model work; None: corolab.serving.backends.threads decides (tuned)
+    device: Device = "auto"
+    dtype: Dtype = "auto"
+    quantize: Quantization = "auto"   # auto: int8 on a CPU in float32, none elsewhere
+    attention: Attention = "exact"    # exact: row by row, a reply is the same in any batch | batched: faster
+    threads: int | None = None        # torch's threads for model work; None: tuned while serving (cpu.torch_threads)
     prefix_cache: bool = True         # reuse the keys/values of the opening all prompts share
+
+    def validate(self) -> ModelConfig:
+        """Refuse settings that cannot work, with a message that names the option. Named settings are
+        checked against their ``Literal`` type, so the allowed values are listed once."""
+        for f in fields(self):
+            kind = _ALLOWED.get(f.name)
+            if kind is not None and getattr(self, f.name) not in choices(kind):
+                raise ValueError(f"unknown {_flag(f.name)} {getattr(self, f.name)!r}; use "
+                                 + ", ".join(choices(kind)))
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        return self
+
+
+@dataclass
+class ServeConfig(ModelConfig):
+    """Everything ``corolab serve`` can be told: the model's settings and the server's."""
+
+    engine: EngineKind = "batched"
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -31,23 +68,24 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20     # largest request body (413 above it) or websocket frame (close 1009 above it)
     header_timeout: float = 5.0       # seconds a client has to send a request's headers (then the connection closes)
     body_timeout: float = 30.0        # seconds a client has for a request's whole body once its headers are in (408)
-    log_level: str = "info"
+    log_level: LogLevel = "info"
 
     def validate(self) -> ServeConfig:
-        """Refuse settings that cannot work, with a message that names the option."""
+        """The model's checks, then the server's limits."""
+        super().validate()
         for name in ("max_tokens", "max_batch_size", "prefill_budget", "max_body_bytes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+                raise ValueError(f"{_flag(name)} must be at least 1")
         for name in ("header_timeout", "body_timeout"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be more than 0 seconds")
+                raise ValueError(f"{_flag(name)} must be more than 0 seconds")
         if self.max_waiting < 0:
             raise ValueError("--max-waiting must be at least 0")
-        if self.attention not in ("exact", "batched"):
-            raise ValueError("--attention must be exact or batched")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError("--threads must be at least 1")
         return self
+
+    def model_config(self) -> ModelConfig:
+        """The model side alone, for code that should not see the server's settings."""
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
 
 
 def read_api_key(value: str | None, file: str | None) -> str | None:
@@ -61,4 +99,4 @@ def read_api_key(value: str | None, file: str | None) -> str | None:
     return value or os.environ.get("COROLAB_API_KEY") or None
 
 
-__all__ = ["ServeConfig", "read_api_key"]
+__all__ = ["ModelConfig", "ServeConfig", "read_api_key"]

@@ -2,14 +2,20 @@
 
 This module sits at the bottom of the package. The wire format (:mod:`corolab.serving.protocol`), the engines
 (:mod:`corolab.serving.engine`) and the model backends (:mod:`corolab.serving.backends`) all import it, and it imports
-none of them, so every import arrow in the serving stack points down:
-server → protocol → engine → backends → params.
+none of them (only :mod:`corolab.serving.config`, beside it at the bottom, for the default reply length), so every
+import arrow in the serving stack points down: server → protocol → engine → backends → params, config.
+
+The context-window rule (prompt plus reply must fit the model's window) is decided here once, by
+:func:`check_fits`, and refused with one exception type, :class:`LimitError`: at admission (through
+:func:`reply_limit`) and in every engine's ``submit`` alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from corolab.serving.config import ServeConfig
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -18,8 +24,8 @@ MAX_SEED = 2**64 - 1
 
 
 class LimitError(ValueError):
-    """A request's length limits cannot be met: the prompt leaves no room for a reply. ``param`` names the
-    request field at fault, so the transport can say which one (a 400 either way)."""
+    """A request's length limits cannot be met: the prompt leaves no room for the reply. ``param`` names the
+    request field at fault, so the transport can say which one (a 400 either way, ``context_length_exceeded``)."""
 
     def __init__(self, message: str, param: str = "messages") -> None:
         super().__init__(message)
@@ -34,7 +40,7 @@ class SamplingParams:
     context window by :func:`reply_limit`.
     """
 
-    max_tokens: int = 256
+    max_tokens: int = ServeConfig.max_tokens  # the server's default reply length, read from the config
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
@@ -42,20 +48,26 @@ class SamplingParams:
     ignore_eos: bool = False  # keep going past end-of-sequence until max_tokens (benchmarks, like vLLM's)
 
 
+def check_fits(prompt_tokens: int, reply_tokens: int, context_window: int) -> None:
+    """The context-window rule: a prompt of ``prompt_tokens`` plus a reply of ``reply_tokens`` must fit the
+    model's ``context_window``. Raises :class:`LimitError` when it does not."""
+    if prompt_tokens + reply_tokens > context_window:
+        raise LimitError(f"the prompt ({prompt_tokens} tokens) plus a reply of {reply_tokens} tokens exceeds this "
+                         f"model's context window of {context_window} tokens")
+
+
 def reply_limit(prompt_tokens: int, context_window: int, *, max_tokens: int | None = None,
-                max_length: int | None = None, default: int = 256) -> int:
+                max_length: int | None = None, default: int) -> int:
     """How many tokens a reply may have: the one place where every length limit meets.
 
     - ``max_tokens`` (OpenAI's, and ``max_completion_tokens``) counts the reply alone.
     - ``max_length`` (ChatGLM's and Hugging Face ``generate``'s) counts the prompt plus the reply.
-    - With neither, ``default`` reply tokens. With both, the smaller limit wins.
+    - With neither, ``default`` reply tokens (the server's ``--max-tokens``). With both, the smaller limit wins.
     - Whatever was asked, prompt plus reply must fit the model's context window.
 
     Raises :class:`LimitError` when the prompt leaves no room for even one reply token.
     """
-    if prompt_tokens >= context_window:
-        raise LimitError(f"the prompt has {prompt_tokens} tokens; this model's context window is "
-                         f"{context_window} tokens")
+    check_fits(prompt_tokens, 1, context_window)
     limits = [context_window - prompt_tokens]
     if max_length is not None:
         if prompt_tokens >= max_length:
@@ -71,4 +83,4 @@ def reply_limit(prompt_tokens: int, context_window: int, *, max_tokens: int | No
     return max(1, min(limits))
 
 
-__all__ = ["FinishReason", "LimitError", "MAX_SEED", "SamplingParams", "reply_limit"]
+__all__ = ["FinishReason", "LimitError", "MAX_SEED", "SamplingParams", "check_fits", "reply_limit"]

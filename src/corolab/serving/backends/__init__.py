@@ -6,33 +6,36 @@ teaching, measuring serving overhead) starts in milliseconds.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from corolab.serving.config import ModelConfig
 
 if TYPE_CHECKING:
     from corolab.serving.backends.base import Backend
 
 
-def load_backend(model: str | None = None, *, device: str = "auto", dtype: str = "auto", quantize: str = "auto",
-                 attention: str = "exact", prefix_cache: bool = True, threads: int | None = None) -> Backend:
+def load_backend(source: ModelConfig | str | None = None, /, **overrides: Any) -> Backend:
     """Return an unloaded backend (engines call ``backend.load()`` off the event loop).
 
-    ``model=None`` is the embedded SmolLM2-135M-Instruct, ``"fake"`` the deterministic fake,
-    ``"fake:0.05"`` the fake whose steps each take 50 ms, anything
-    else a Hugging Face model id (from the local cache) or a local directory. ``prefix_cache`` (Hugging Face
-    models) reuses the keys and values of the opening all prompts share (:mod:`corolab.serving.backends.prefix`);
-    ``threads`` is torch's CPU threads for model work (:mod:`corolab.serving.backends.threads`); ``quantize`` is
-    ``auto``, ``none`` or ``int8`` (:func:`corolab.serving.backends.hf.pick_quantization`); ``attention`` is ``exact``
-    or ``batched`` (:mod:`corolab.serving.backends.llama_forward`).
+    ``source`` is a :class:`~corolab.serving.config.ModelConfig` (a ``ServeConfig`` is one), or just the model:
+    ``None`` is the embedded SmolLM2-135M-Instruct, ``"fake"`` the deterministic fake, ``"fake:0.05"`` the fake
+    whose steps each take 50 ms, anything else a Hugging Face model id (from the local cache) or a local
+    directory. Any other setting is overridden by keyword (``load_backend(None, threads=1, quantize="none")``);
+    the defaults are :class:`~corolab.serving.config.ModelConfig`'s, and it checks the result.
     """
+    config = source if isinstance(source, ModelConfig) else ModelConfig(model=source)
+    config = replace(config, **overrides).validate()
+    model = config.model
     if model is not None and (model == "fake" or model.startswith("fake:")):
         from corolab.serving.backends.fake import FakeBackend
         _, _, delay = model.partition(":")  # "fake:0.05" = every model step costs 50 ms
         return FakeBackend(step_delay=float(delay or 0))
     if model is None or model == "embedded":
         from corolab.serving.backends.embedded import EmbeddedBackend
-        return EmbeddedBackend(device=device, dtype=dtype, quantize=quantize, attention=attention, prefix_cache=prefix_cache, threads=threads)
+        return EmbeddedBackend(config)
     from corolab.serving.backends.hf import HFBackend
-    return HFBackend(model, device=device, dtype=dtype, quantize=quantize, attention=attention, prefix_cache=prefix_cache, threads=threads)
+    return HFBackend(config)
 
 
 __all__ = ["load_backend"]

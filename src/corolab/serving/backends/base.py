@@ -29,7 +29,7 @@ class BackendInfo:
     backend: str          # "fake" | "hf"
     device: str = "cpu"
     dtype: str = "float32"
-    quantization: str = "none"  # "none" | "int8" (corolab.serving.backends.quantize)
+    quantization: str = "none"  # "none" | "int8" (corolab.serving.backends.cpu.quantize)
 
 
 @dataclass(frozen=True)
@@ -127,9 +127,9 @@ class Backend(abc.ABC):
         window-based :class:`~corolab.serving.engine.detok.IncrementalDetokenizer` over :meth:`decode`."""
         return None
 
-    def thread_tuner(self):  # -> corolab.serving.backends.threads.ThreadTuner | None
+    def thread_tuner(self):  # -> corolab.serving.backends.cpu.torch_threads.ThreadTuner | None
         """For an engine whose one worker thread runs every step: something that picks the CPU thread count
-        from the steps' times (:class:`corolab.serving.backends.threads.ThreadTuner`), or ``None`` when the number
+        from the steps' times (:class:`corolab.serving.backends.cpu.torch_threads.ThreadTuner`), or ``None`` when the number
         is fixed or there is nothing to pick."""
         return None
 

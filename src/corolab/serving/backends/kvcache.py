@@ -55,7 +55,7 @@ class GrowableLayer(DynamicLayer):
     def room(self, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The key and value buffers, grown if they lack room for ``n`` more columns, and the column to write at;
         :meth:`advance` then exposes what was written. ``update`` writes through it, and so does a kernel that
-        writes in place (:mod:`corolab.serving.backends.kernels`)."""
+        writes in place (:mod:`corolab.serving.backends.cpu.kernels`)."""
         assert self._k is not None and self._v is not None
         if self.length + n > self._k.shape[-2]:
             self.set(self.keys, self.values, spare=max(64, self.length + n))
@@ -126,7 +126,7 @@ def close_holes(cache: DynamicCache, mask: torch.Tensor) -> tuple[DynamicCache, 
     """Move each row's real columns to the right end, in order, padding to the left.
 
     A join with a shared prefix lays a row out as [prefix][padding][rest of its prompt]; decoding wants one
-    contiguous run of real keys per row (:mod:`corolab.serving.backends.llama_forward` attends over it as a view).
+    contiguous run of real keys per row (:mod:`corolab.serving.backends.cpu.llama_forward` attends over it as a view).
     ``cache`` is used up, as in :func:`merge_rows`, unless it already was in order (then it is returned).
     A stable sort of the mask puts padding (0) before real columns (1) and keeps each group's order."""
     order = torch.sort(mask, dim=1, stable=True).indices

@@ -6,24 +6,26 @@ import importlib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from corolab.serving.choices import EngineKind, choices
 from corolab.serving.config import ServeConfig
 from corolab.serving.engine.base import (
-    Delta, Engine, EngineError, EngineInfo, EngineNotReadyError, EngineStats, PromptTooLongError,
-    QueueFullError, RequestFailedError,
+    Delta, Engine, EngineError, EngineInfo, EngineNotReadyError, EngineStats, QueueFullError, RequestFailedError,
 )
 from corolab.serving.engine.handle import RequestHandle
-from corolab.serving.params import SamplingParams
+from corolab.serving.params import LimitError, SamplingParams
 
 if TYPE_CHECKING:
     from corolab.serving.backends.base import Backend
 
+#: The kinds, in order, from their ``Literal`` type (the CLI's ``--engine`` choices come from the same).
+ENGINE_KINDS: tuple[str, ...] = choices(EngineKind)
 # kind -> "module:class"; imported on demand so choosing one engine never imports the others
-_ENGINES = {
+_ENGINES: dict[str, str] = {
     "naive": "corolab.serving.engine.naive:NaiveEngine",
     "threads": "corolab.serving.engine.threads:ThreadsEngine",
     "batched": "corolab.serving.engine.batched:BatchedEngine",
 }
-ENGINE_KINDS: tuple[str, ...] = tuple(_ENGINES)
+assert tuple(_ENGINES) == ENGINE_KINDS, "every EngineKind has its class here, and nothing else"
 
 
 def create_engine(kind: str | None, backend: Backend, config: ServeConfig | None = None, **overrides: Any) -> Engine:
@@ -41,6 +43,6 @@ def create_engine(kind: str | None, backend: Backend, config: ServeConfig | None
 
 __all__ = [
     "ENGINE_KINDS", "Delta", "Engine", "EngineError", "EngineInfo", "EngineNotReadyError", "EngineStats",
-    "PromptTooLongError", "QueueFullError", "RequestFailedError", "RequestHandle", "SamplingParams",
+    "LimitError", "QueueFullError", "RequestFailedError", "RequestHandle", "SamplingParams",
     "create_engine",
 ]

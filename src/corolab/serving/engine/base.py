@@ -4,7 +4,7 @@ The transport (``corolab.serving.server``) only ever talks to an :class:`Engine`
 
 1. **Admission.** ``prompt = await engine.tokenize(messages)`` (off the event loop), then
    ``handle = engine.submit(prompt, params)``, which refuses at once (:class:`QueueFullError` → 429,
-   :class:`PromptTooLongError` → 400, :class:`EngineNotReadyError` → 503) or returns a
+   :class:`~corolab.serving.params.LimitError` → 400, :class:`EngineNotReadyError` → 503) or returns a
    :class:`~corolab.serving.engine.handle.RequestHandle`.
 2. **Streaming.** ``async for delta in handle``; ``handle.cancel()`` withdraws the request at any point
    (queued or generating) and frees its slot at once.
@@ -19,27 +19,11 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
-
+from corolab.serving.engine.delta import Delta
+from corolab.serving.engine.errors import EngineError, EngineNotReadyError, QueueFullError, RequestFailedError
+from corolab.serving.engine.handle import RequestHandle
 from corolab.serving.params import FinishReason, LimitError, SamplingParams, reply_limit
-
-if TYPE_CHECKING:
-    from corolab.serving.engine.handle import RequestHandle
-
-
-@dataclass(frozen=True)
-class Delta:
-    """One streamed piece of a reply.
-
-    ``text`` may be empty (for example the final delta that only carries ``finish_reason``).
-    Token counts are cumulative for the request so the last delta carries the usage.
-    """
-
-    text: str
-    finish_reason: FinishReason | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 @dataclass
@@ -51,34 +35,6 @@ class EngineStats:
     requests_finished: int = 0
     tokens_generated: int = 0
     prefix_hits: int = 0
-
-
-class EngineError(Exception):
-    """Base class for errors the transport turns into OpenAI-shaped error responses."""
-
-
-class QueueFullError(EngineError):
-    """The bounded waiting queue is full: the transport answers 429 with Retry-After."""
-
-    def __init__(self, message: str = "the server is busy; try again shortly", retry_after: float = 1.0):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class PromptTooLongError(EngineError):
-    """The prompt (plus the reply it asks for) does not fit the model's context window: 400."""
-
-    def __init__(self, message: str, param: str = "messages") -> None:
-        super().__init__(message)
-        self.param = param
-
-
-class EngineNotReadyError(EngineError):
-    """The model is still loading, or the engine has failed or stopped: 503."""
-
-
-class RequestFailedError(EngineError):
-    """This one request failed (its sampler, its stop strings, a model step): 500 for it alone."""
 
 
 StepListener = Callable[[int, float], None]
@@ -150,10 +106,8 @@ class Engine(abc.ABC):
         early withdraws the request.
         """
         prompt = await self.tokenize(messages)
-        try:
-            limit = reply_limit(len(prompt), self.info.context_window, max_tokens=params.max_tokens)
-        except LimitError as exc:
-            raise PromptTooLongError(str(exc), exc.param) from None
+        limit = reply_limit(len(prompt), self.info.context_window, max_tokens=params.max_tokens,
+                            default=params.max_tokens)
         if limit != params.max_tokens:
             params = replace(params, max_tokens=limit)
         handle = self.submit(prompt, params)
@@ -170,5 +124,5 @@ class Engine(abc.ABC):
 
 __all__ = [
     "Delta", "Engine", "EngineError", "EngineInfo", "EngineNotReadyError", "EngineStats", "FinishReason",
-    "PromptTooLongError", "QueueFullError", "RequestFailedError", "SamplingParams", "StepListener",
+    "LimitError", "QueueFullError", "RequestFailedError", "SamplingParams", "StepListener",
 ]

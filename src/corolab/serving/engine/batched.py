@@ -52,8 +52,7 @@ class BatchedEngine(BackendEngine):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._cond = threading.Condition()  # guards the scheduler and _stopping
-        self.scheduler: Scheduler[_Request] = Scheduler(self.config.max_batch_size, self.config.max_waiting,
-                                                        self.config.prefill_budget)
+        self.scheduler: Scheduler[_Request] = Scheduler(self.config)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._tuner = None
@@ -62,7 +61,7 @@ class BatchedEngine(BackendEngine):
     async def start(self) -> None:
         await super().start()
         # This worker runs every step, so it can measure how many CPU threads serve them best
-        # (corolab.serving.backends.threads: every core on a quiet machine, fewer when something else wants one).
+        # (corolab.serving.backends.cpu.torch_threads: every core on a quiet machine, fewer when something else wants one).
         self._tuner = self.backend.thread_tuner()
         self._loop = asyncio.get_running_loop()
         self._stopping = False

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from corolab.serving.backends.base import Backend
 from corolab.serving.config import ServeConfig
-from corolab.serving.engine.base import Engine, EngineInfo, EngineStats, PromptTooLongError
-from corolab.serving.params import SamplingParams
+from corolab.serving.engine.base import Engine, EngineInfo, EngineStats
+from corolab.serving.params import SamplingParams, check_fits
 
 log = logging.getLogger("corolab.serving.engine")
 
@@ -105,10 +105,7 @@ class BackendEngine(Engine):
     def _admit(self, prompt: list[int], params: SamplingParams) -> int:
         """The checks every engine makes before taking a request; returns its new key."""
         self.check_ready()
-        window = self.backend.info.context_window
-        if len(prompt) + params.max_tokens > window:
-            raise PromptTooLongError(f"the prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) "
-                                     f"exceeds this model's context window of {window} tokens")
+        check_fits(len(prompt), params.max_tokens, self.backend.info.context_window)  # LimitError: 400
         return next(self._ids)
 
     def _fail_engine(self, exc: BaseException) -> None:

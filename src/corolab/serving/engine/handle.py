@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from corolab.serving.engine.base import Delta, EngineError, RequestFailedError
+from corolab.serving.engine.delta import Delta
+from corolab.serving.engine.errors import EngineError, RequestFailedError
 
 _CANCELLED = object()
 

@@ -20,10 +20,11 @@ The rules, in the order :meth:`Scheduler.plan` applies them:
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypeVar
 
-from corolab.serving.engine.base import QueueFullError
+from corolab.serving.config import ServeConfig
+from corolab.serving.engine.errors import QueueFullError
 
 T = TypeVar("T")
 
@@ -60,14 +61,17 @@ class StepPlan(Generic[T]):
 
 class Scheduler(Generic[T]):
     """FIFO admission into a bounded batch with a per-step prefill budget. Not thread-safe: the engine
-    calls it under its own lock."""
+    calls it under its own lock.
 
-    def __init__(self, max_batch_size: int = 32, max_waiting: int = 256, prefill_budget: int = 512) -> None:
-        if max_batch_size < 1 or max_waiting < 0 or prefill_budget < 1:
-            raise ValueError("max_batch_size and prefill_budget must be at least 1, max_waiting at least 0")
-        self.max_batch_size = max_batch_size
-        self.max_waiting = max_waiting
-        self.prefill_budget = prefill_budget
+    Its three limits come from ``config`` (default: :class:`~corolab.serving.config.ServeConfig`'s) with any
+    of them overridden by keyword, e.g. ``Scheduler(max_batch_size=4, prefill_budget=6)``; it has no
+    defaults of its own."""
+
+    def __init__(self, config: ServeConfig | None = None, /, **overrides: Any) -> None:
+        config = replace(config or ServeConfig(), **overrides).validate()
+        self.max_batch_size = config.max_batch_size
+        self.max_waiting = config.max_waiting
+        self.prefill_budget = config.prefill_budget
         self.waiting: deque[Entry[T]] = deque()
         self.prefilling: list[Entry[T]] = []
         self.running: dict[int, Entry[T]] = {}

@@ -67,12 +67,12 @@ async def admit(state: ServerState, messages: list[dict[str, str]], fields: Samp
     try:
         params = fields.to_sampling_params(len(prompt), window, state.config.max_tokens)
     except LimitError as exc:
-        raise APIError(400, str(exc), param=exc.param, code="context_length_exceeded") from None
+        raise from_engine_error(exc) from None
     try:
         return engine.submit(prompt, params)
     except QueueFullError as exc:  # when to come back: when the queue has drained, at the recent step rate
         drain = state.metrics.drain_seconds(engine.stats(), state.config.max_tokens)
         raise from_engine_error(QueueFullError(str(exc), retry_after=max(exc.retry_after, drain))) from None
-    except EngineError as exc:
+    except (EngineError, LimitError) as exc:
         raise from_engine_error(exc) from None
 

@@ -1,7 +1,8 @@
 """``corolab serve``: the OpenAI-compatible server on one model and one engine.
 
-Every option's default is :class:`~corolab.serving.config.ServeConfig`'s, so the command, ``create_engine`` and
-``create_app`` cannot disagree about one.
+Every option's default is :class:`~corolab.serving.config.ServeConfig`'s, and every option's choices are its
+``Literal`` type's (:mod:`corolab.serving.choices`), so the command, ``create_engine`` and ``create_app``
+cannot disagree about one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 import time
 from dataclasses import fields
 
+from corolab.serving.choices import Attention, Device, Dtype, EngineKind, LogLevel, Quantize, choices
 from corolab.serving.config import ServeConfig, read_api_key
 from corolab.serving.server.redact import RedactKeys  # noqa: F401  (here too: the book and tests import it from the CLI)
 
@@ -26,13 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=d.model,
                    help="'fake' (or 'fake:SECONDS' per step), a Hugging Face id or local path; "
                         "default: the embedded SmolLM2-135M-Instruct")
-    p.add_argument("--engine", choices=("naive", "threads", "batched"), default=d.engine)
-    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--dtype", default=d.dtype, choices=("auto", "float32", "bfloat16", "float16"))
-    p.add_argument("--quantize", default=d.quantize, choices=("auto", "none", "int8"),
+    p.add_argument("--engine", choices=choices(EngineKind), default=d.engine)
+    p.add_argument("--device", default=d.device, choices=choices(Device))
+    p.add_argument("--dtype", default=d.dtype, choices=choices(Dtype))
+    p.add_argument("--quantize", default=d.quantize, choices=choices(Quantize),
                    help="int8: int8 weights and per-token int8 activations, 3-5x faster on a CPU, the same reply "
                         "alone or in a batch; none: the model's float weights (default auto: int8 on a CPU)")
-    p.add_argument("--attention", default=d.attention, choices=("exact", "batched"),
+    p.add_argument("--attention", default=d.attention, choices=choices(Attention),
                    help="exact: attention row by row, so a greedy reply is the same alone or in any batch; "
                         "batched: one call for the batch, and a reply may change with the requests that share its "
                         "steps. With the fused int8 kernels (a CPU with a C++ compiler) decoding is always row by "
@@ -62,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="prefill every prompt in full (default: reuse the keys/values of the opening prompts share)")
     p.add_argument("--served-model-name", dest="served_model_names", action="append", default=None,
                    help="name clients use for the model (repeat for several); default: the model id and gpt-3.5-turbo")
-    p.add_argument("--log-level", default=d.log_level, choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-level", default=d.log_level, choices=choices(LogLevel))
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
@@ -98,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
         _watch_parent(args.exit_with_parent)
     try:
         config = config_from(args)
-        backend = load_backend(config.model, device=config.device, dtype=config.dtype, quantize=config.quantize,
-                               attention=config.attention, prefix_cache=config.prefix_cache, threads=config.threads)
+        backend = load_backend(config.model_config())
         check = getattr(backend, "check", None)
         if check is not None:
             check()  # a missing device or model: one line now, not a traceback from the background later

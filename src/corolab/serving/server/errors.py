@@ -13,9 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corolab.serving.engine.base import (
-    EngineError, EngineNotReadyError, PromptTooLongError, QueueFullError, RequestFailedError,
-)
+from corolab.serving.engine.base import EngineError, EngineNotReadyError, QueueFullError, RequestFailedError
+from corolab.serving.params import LimitError
 from corolab.serving.protocol import ErrorDetail, ErrorResponse, describe_invalid
 
 log = logging.getLogger("corolab.serving.server")
@@ -47,12 +46,12 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
-def from_engine_error(exc: EngineError) -> APIError:
+def from_engine_error(exc: EngineError | LimitError) -> APIError:
     """Map the engine's refusals to HTTP: what the client did (400), or what the server can't do now."""
     if isinstance(exc, QueueFullError):
         retry = max(1, math.ceil(exc.retry_after))  # whole seconds, never 0, rounded up
         return APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(retry)})
-    if isinstance(exc, PromptTooLongError):
+    if isinstance(exc, LimitError):  # the context-window rule (corolab.serving.params.check_fits)
         return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
     if isinstance(exc, EngineNotReadyError):
         return APIError(503, str(exc), code="model_loading", headers={"Retry-After": "5"})

@@ -51,7 +51,7 @@ def _build():  # -> torch.ops namespace
     from filelock import FileLock
     from torch.utils import cpp_extension
 
-    from corolab.serving.backends.embedded import cache_root
+    from corolab.serving.backends.cache_dir import cache_root
 
     # torch's builder runs `ninja` from PATH; the pinned one is installed beside this interpreter, which a
     # server started as `.venv/bin/python -m corolab serve` does not necessarily have on its PATH.
@@ -77,7 +77,7 @@ def ops():  # -> torch.ops.corolab | None
     """The loaded kernels, built on first use; ``None`` where they cannot be (the Python path runs)."""
     if "ops" in _state:
         return _state["ops"]
-    from corolab.serving.backends.quantize import portable  # the switch is decided there, for both paths
+    from corolab.serving.backends.cpu.quantize import portable  # the switch is decided there, for both paths
 
     result = None
     if portable():

@@ -20,7 +20,7 @@ alone or in any batch. The loop has a price: at 32 rows a decode step takes abou
 batched call (``benchmarks/bench_quantize.py``), so ``--attention batched`` offers that call, opt-in, for
 when speed matters more than the same reply in every batch.
 
-With the fused kernels (:mod:`corolab.serving.backends.kernels`, int8 models on a CPU), each RMSNorm runs inside the
+With the fused kernels (:mod:`corolab.serving.backends.cpu.kernels`, int8 models on a CPU), each RMSNorm runs inside the
 int8 call that follows it, and a decode step's attention is one call per layer: the same row-by-row rule, in
 C++, with every sum in a fixed order. The Python code below stays the reference and the fallback.
 """
@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from corolab.serving.backends.quantize import FusedPart, Int8Linear
+from corolab.serving.backends.cpu.quantize import FusedPart, Int8Linear
 
 
 def supports(model: torch.nn.Module) -> bool:
@@ -57,7 +57,7 @@ class LlamaForward:
     """Callable: ``(ids, mask, positions, cache) -> logits of each row's last position``."""
 
     def __init__(self, model: torch.nn.Module, exact: bool = True, kernels=None) -> None:
-        """``kernels``: :func:`corolab.serving.backends.kernels.ops`, for int8 models; ``None`` runs every op from Python."""
+        """``kernels``: :func:`corolab.serving.backends.cpu.kernels.ops`, for int8 models; ``None`` runs every op from Python."""
         config = model.config
         self.exact = exact
         self.kernels = kernels if kernels is not None and _fusable(model) else None
@@ -206,7 +206,7 @@ def _weights(layer: Int8Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def _fusable(model: torch.nn.Module) -> bool:
-    """The kernels' path needs what :func:`corolab.serving.backends.quantize.quantize_linears` makes of a Llama-shaped
+    """The kernels' path needs what :func:`corolab.serving.backends.cpu.quantize.quantize_linears` makes of a Llama-shaped
     float32 model: q/k/v and gate/up each fused into one int8 layer without bias (the norm before them runs
     inside that call), int8 o_proj, down_proj and LM head."""
     if not isinstance(getattr(model, "lm_head", None), Int8Linear):

@@ -88,7 +88,7 @@ class Int8Linear(torch.nn.Module):
         self.register_buffer("weight_int8", (weight / scale[:, None]).round().to(torch.int8))
         # The row's scale is amax/127; folding the weight's 1/127 in here saves an op per call.
         self.register_buffer("scale", (scale / 127.0).to(linear.weight.dtype))
-        # Each output's weight sum, for the fused kernel's VNNI path (corolab.serving.backends.kernels): 4 bytes an output.
+        # Each output's weight sum, for the fused kernel's VNNI path (corolab.serving.backends.cpu.kernels): 4 bytes an output.
         self.register_buffer("weight_sum", self.weight_int8.sum(dim=1, dtype=torch.int32))
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -251,7 +251,7 @@ def release_file_mapping(model: torch.nn.Module) -> None:
     after this (float32: 900 MiB once served)."""
     import gc
 
-    from corolab.serving.backends.allocator import return_freed_memory
+    from corolab.serving.backends.cpu.allocator import return_freed_memory
 
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:

@@ -1,4 +1,4 @@
-// Fused CPU kernels for the int8 path (corolab.serving.backends.kernels builds and loads this file).
+// Fused CPU kernels for the int8 path (corolab.serving.backends.cpu.kernels builds and loads this file).
 //
 // Why C++. At one stream an int8 decode step of SmolLM2-135M spent about as long issuing some 3,000 small
 // torch calls from Python as in its matmuls. Here a decode layer is five of these calls and three small torch

@@ -1,0 +1,84 @@
+"""The CPU speed path: int8 weights, a lean forward for Llama-shaped models, fused C++ kernels, the
+allocator's thresholds and torch's thread count.
+
+The backend (:mod:`corolab.serving.backends.hf`) does not reach into these modules. It calls
+:func:`prepare_process` before a model loads, :func:`faster_forward` once it is loaded (the one entry to the
+speed path: a faster forward, or the reason there is none, which the backend logs in one line), and
+:func:`thread_tuner` for the batched engine's worker. Nothing here imports torch until one of them runs,
+so importing the backend stays cheap.
+
+- :mod:`~corolab.serving.backends.cpu.quantize`: SmoothQuant and int8 linear layers;
+- :mod:`~corolab.serving.backends.cpu.llama_forward`: the lean forward of a Llama-shaped model;
+- :mod:`~corolab.serving.backends.cpu.kernels` (with ``kernels.cpp``): the fused kernels, built once per machine;
+- :mod:`~corolab.serving.backends.cpu.allocator`: glibc's thresholds, so freed memory is reused;
+- :mod:`~corolab.serving.backends.cpu.torch_threads`: how many threads torch uses, fixed or tuned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corolab.serving.backends.cpu.torch_threads import ThreadTuner
+
+
+@dataclass(frozen=True)
+class FasterForward:
+    """What :func:`faster_forward` found: ``forward`` (called as ``forward(ids, mask, positions, cache)``,
+    returning each row's last logits), or ``None`` and ``reason``, why the model's own forward runs."""
+
+    forward: Callable[..., Any] | None
+    reason: str | None = None
+
+
+def prepare_process(threads: int | None) -> None:
+    """Before a model loads: torch's threads (``None``: every core but one, until tuned) and glibc's
+    thresholds, so a prefill's large temporaries reuse freed memory."""
+    from corolab.serving.backends.cpu.allocator import keep_freed_memory
+    from corolab.serving.backends.cpu.torch_threads import use_threads
+
+    use_threads(threads)
+    keep_freed_memory()
+
+
+def faster_forward(model, *, quantization: str, exact: bool, device: str,
+                   encode: Callable[[str], list[int]]) -> FasterForward:
+    """Make ``model`` fast where it can be, in place, and return the forward to run it with.
+
+    ``quantization`` is :func:`~corolab.serving.backends.placement.pick_quantization`'s decision: ``int8``
+    smooths the model on the fixed calibration messages (``encode`` tokenizes one as a chat) and swaps in int8
+    layers; ``int8-nosmooth`` skips the smoothing; ``none`` keeps the float weights. A Llama-shaped model then
+    gets :class:`~corolab.serving.backends.cpu.llama_forward.LlamaForward` (``exact``: attention row by row),
+    with the fused kernels where its layers are int8 and the kernels build.
+    """
+    import torch
+
+    from corolab.serving.backends.cpu.llama_forward import LlamaForward, supports
+    from corolab.serving.backends.cpu.quantize import CALIBRATION, quantize_linears, release_file_mapping, smooth
+
+    if quantization != "none":
+        if quantization != "int8-nosmooth":
+            smooth(model, [torch.tensor([encode(text)], device=device) for text in CALIBRATION])
+        quantize_linears(model)
+        release_file_mapping(model)
+    if not supports(model):
+        return FasterForward(None, f"{type(model).__name__} is not Llama-shaped; its own forward runs "
+                                   "(slower per step, the same replies)")
+    kernels = None
+    if quantization != "none":
+        from corolab.serving.backends.cpu.kernels import ops
+
+        kernels = ops()  # fused int8 kernels, fewer calls per step; None: the Python path (ops says why)
+    return FasterForward(LlamaForward(model, exact=exact, kernels=kernels))
+
+
+def thread_tuner() -> ThreadTuner | None:
+    """The batched engine's thread tuner for this machine (:func:`.torch_threads.thread_tuner`)."""
+    from corolab.serving.backends.cpu.torch_threads import thread_tuner as tuner
+
+    return tuner()
+
+
+__all__ = ["FasterForward", "faster_forward", "prepare_process", "thread_tuner"]

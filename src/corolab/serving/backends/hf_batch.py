@@ -1,0 +1,215 @@
+"""A batch of a Hugging Face model's sequences: one left-padded KV cache, and one record per row.
+
+Its jobs: padding joining prompts together, reusing the shared opening of prompts
+(:mod:`corolab.serving.backends.prefix`), prefilling a long prompt in chunks, and joining and compacting
+rows of the cache (:mod:`corolab.serving.backends.kvcache`). It runs the model through the one forward it is
+given (:class:`BatchModel`), so it does not know which forward that is (a model's own or the CPU path's).
+
+Imported when a model's first batch is made, never at start-up, so torch is imported at the top here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from corolab.serving.backends.base import Batch, Outcome, PrefillChunk
+from corolab.serving.backends.kvcache import close_holes, empty_cache, ensure_room, merge_rows, select_rows
+from corolab.serving.backends.prefix import PrefixStore
+from corolab.serving.backends.sampling import RowSampler, sample
+from corolab.serving.params import SamplingParams
+
+
+class BatchModel(Protocol):
+    """What a batch needs of its backend (:class:`corolab.serving.backends.hf.HFBackend`)."""
+
+    model: torch.nn.Module
+    device: str
+    pad_token_id: int
+    prefixes: PrefixStore | None
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor: ...
+
+
+@dataclass(eq=False)
+class Row:
+    """One row of the batch's cache: whose it is, how it samples, what it feeds next, how long it may run."""
+
+    key: int                 # the engine's request id
+    sampler: RowSampler
+    last: int                # the token it feeds to the next step
+    left: int                # how many more tokens it may generate (the cache columns it may still need)
+    gone: bool = False       # left the batch; its cache row is dropped before the next forward pass
+
+
+class HFBatch(Batch):
+    """Rows of one left-padded KV cache (see :mod:`corolab.serving.backends.kvcache`).
+
+    Joining requests are prefilled together in one padded forward pass (``add_many``), then merged into
+    the running cache. A prompt longer than one step's prefill budget arrives in chunks (``prefill``): its
+    row's cache grows chunk by chunk beside the batch and joins it with the last chunk. Each step feeds every
+    row its last token with that row's own position id, so a row that joined late (shorter, more left
+    padding) computes exactly what it would compute alone (in float32; see
+    :func:`~corolab.serving.backends.placement.pick_dtype` for bf16).
+
+    Each cache row has one :class:`Row` record, in cache order, so what a row holds cannot drift apart.
+    """
+
+    def __init__(self, model: BatchModel) -> None:
+        super().__init__()
+        self._b = model
+        self._rows: list[Row] = []  # one per cache row, in the cache's order
+        self._cache = None
+        self._mask = None
+        self._pending: dict[int, object] = {}  # key -> the cache of a prompt still arriving in chunks
+
+    def __len__(self) -> int:
+        return sum(not row.gone for row in self._rows)
+
+    def add_many(self, items: Sequence[tuple[int, Sequence[int], SamplingParams]]) -> dict[int, Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        items, samplers = self._samplers_for(items, outcomes)
+        if not items:
+            return outcomes
+        self._compact()
+        model, device = self._b.model, self._b.device
+        prompts = [list(prompt) for _, prompt, _ in items]
+        # The opening every prompt shares (chat template, system prompt) is not prefilled again: its keys and
+        # values come from the prefix store, and the forward pass below runs on the rest of each prompt.
+        shared, prefix_kv = self._b.prefixes.lookup(prompts) if self._b.prefixes else (0, [])
+        width = max(len(prompt) - shared for prompt in prompts)
+        ids = torch.full((len(items), width), self._b.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            rest = prompt[shared:]
+            ids[row, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+            mask[row, width - len(rest):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        row_cache = empty_cache(model.config.num_hidden_layers)
+        if shared:  # cache columns: [shared prefix][left padding][rest of the prompt]; the mask hides the padding
+            for layer, (keys, values) in zip(row_cache.layers, prefix_kv):
+                layer.set(keys.expand(len(items), -1, -1, -1), values.expand(len(items), -1, -1, -1),
+                          spare=width + 64)
+            mask = torch.cat([mask.new_ones((len(items), shared)), mask], dim=1)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, shared:]
+        with torch.inference_mode():
+            logits = self._b.forward(ids, mask, positions, row_cache)
+        tokens = sample(logits.float(), samplers)
+        if shared:
+            row_cache, mask = close_holes(row_cache, mask)
+        self._join([key for key, _, _ in items], samplers, tokens, row_cache, mask,
+                   [params.max_tokens for _, _, params in items])
+        outcomes.update({key: token for (key, _, _), token in zip(items, tokens)})
+        return outcomes
+
+    def prefill(self, chunks: Sequence[PrefillChunk]) -> dict[int, Outcome]:
+        """Whole prompts go together through :meth:`add_many`; a prompt in chunks extends its own cache."""
+        whole = [(c.key, c.prompt, c.params) for c in chunks if c.start == 0 and c.last]
+        outcomes = self.add_many(whole) if whole else {}
+        for chunk in chunks:
+            if chunk.start == 0 and chunk.last:
+                continue
+            try:
+                token = self._prefill_chunk(chunk)
+            except Exception as exc:  # this prompt fails alone; the batch goes on
+                self._pending.pop(chunk.key, None)
+                outcomes[chunk.key] = exc
+                continue
+            if token is not None:
+                outcomes[chunk.key] = token
+        return outcomes
+
+    def _prefill_chunk(self, chunk: PrefillChunk) -> int | None:
+        """Run ``prompt[start:end]`` on the sequence's own cache (batch of one, no padding); at the last
+        chunk sample the first token and move the row into the batch."""
+        if chunk.start == 0:
+            self._pending[chunk.key] = empty_cache(self._b.model.config.num_hidden_layers)
+        cache = self._pending[chunk.key]
+        device = self._b.device
+        ids = torch.tensor([list(chunk.prompt[chunk.start:chunk.end])], dtype=torch.long, device=device)
+        mask = torch.ones((1, chunk.end), dtype=torch.long, device=device)
+        positions = torch.arange(chunk.start, chunk.end, device=device).unsqueeze(0)
+        sampler = RowSampler(chunk.params, device) if chunk.last else None  # refuse a bad seed before the work
+        with torch.inference_mode():
+            logits = self._b.forward(ids, mask, positions, cache)
+        if sampler is None:
+            return None
+        del self._pending[chunk.key]
+        self._compact()
+        token = sample(logits.float(), [sampler])[0]
+        self._join([chunk.key], [sampler], [token], cache, mask, [chunk.params.max_tokens])
+        return token
+
+    def _samplers_for(self, items, outcomes: dict[int, Outcome]):
+        """Each row's sampler; a row whose settings its sampler refuses fails here, alone."""
+        kept, samplers = [], []
+        for item in items:
+            try:
+                samplers.append(RowSampler(item[2], self._b.device))
+            except Exception as exc:
+                outcomes[item[0]] = exc
+                continue
+            kept.append(item)
+        return kept, samplers
+
+    def _join(self, keys: list[int], samplers: list[RowSampler], tokens: list[int], row_cache, mask,
+              max_tokens: list[int]) -> None:
+        # the first token is out (it came from the prefill), so each row may generate max_tokens - 1 more
+        rows = [Row(key, sampler, token, max(n - 1, 0))
+                for key, sampler, token, n in zip(keys, samplers, tokens, max_tokens)]
+        width = max(mask.shape[1], 0 if self._mask is None else self._mask.shape[1])
+        self._cache, self._mask = merge_rows(self._cache, self._mask, row_cache, mask,
+                                             spare=self._spare(width, [row.left for row in [*self._rows, *rows]]))
+        self._rows.extend(rows)
+
+    def _spare(self, width: int, left: list[int] | None = None) -> int:
+        """Cache columns to allocate ahead of ``width``: as many as doubling would, but no more than the
+        longest-running row (of ``left``, default: this batch's rows) may still generate (see
+        :mod:`corolab.serving.backends.kvcache`)."""
+        if left is None:
+            left = [row.left for row in self._rows]
+        return min(max(left, default=0) + 1, max(64, width))
+
+    def step(self) -> dict[int, int]:
+        if not len(self):
+            return {}
+        self._compact()
+        rows = self._rows
+        ids = torch.tensor([row.last for row in rows], device=self._b.device).unsqueeze(1)
+        ensure_room(self._cache, 1, spare=self._spare(self._mask.shape[1]))
+        positions = self._mask.sum(dim=1, keepdim=True)  # real tokens so far = the new token's position
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
+        with torch.inference_mode():
+            logits = self._b.forward(ids, self._mask, positions, self._cache)
+        tokens = sample(logits.float(), [row.sampler for row in rows])
+        for row, token in zip(rows, tokens):
+            row.last = token
+            row.left = max(row.left - 1, 0)
+        return {row.key: token for row, token in zip(rows, tokens)}
+
+    def remove(self, key: int) -> None:
+        """Forget a row now; its cache row is dropped before the next forward pass, together with every
+        other row that left meanwhile (requests often finish together: one copy of the cache, not one each)."""
+        self._pending.pop(key, None)
+        row = next((row for row in self._rows if row.key == key and not row.gone), None)
+        if row is None:
+            return
+        row.gone = True
+        if not len(self):
+            self._rows = []
+            self._cache = self._mask = None
+
+    def _compact(self) -> None:
+        keep = [index for index, row in enumerate(self._rows) if not row.gone]
+        if len(keep) == len(self._rows):
+            return
+        rows = [self._rows[index] for index in keep]
+        self._cache, self._mask = select_rows(self._cache, self._mask, keep,
+                                              spare=self._spare(self._mask.shape[1], [row.left for row in rows]))
+        self._rows = rows
+
+
+__all__ = ["BatchModel", "HFBatch", "Row"]

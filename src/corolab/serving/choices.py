@@ -1,0 +1,38 @@
+"""The allowed values of the serving stack's named settings, as ``Literal`` types.
+
+Why a module of its own: the CLI builds its ``choices=`` from these (``typing.get_args``), the one validator
+(:meth:`corolab.serving.config.ModelConfig.validate`) checks against them, and type checkers read them in every
+signature, so a new device or engine is added here once. It imports nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+"""Where the model runs; ``auto``: CUDA, then Apple's MPS, then the CPU."""
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+"""The model's float type; ``auto``: bfloat16 on CUDA, float32 elsewhere."""
+
+Quantize = Literal["auto", "none", "int8"]
+"""What ``--quantize`` offers; ``auto``: int8 on a CPU in float32, none elsewhere."""
+
+Quantization = Literal[Quantize, "int8-nosmooth"]
+"""What a backend accepts: ``--quantize``'s values, plus ``int8-nosmooth`` for benchmarks (no smoothing)."""
+
+Attention = Literal["exact", "batched"]
+"""``exact``: attention row by row, a greedy reply is the same in any batch; ``batched``: one call, faster."""
+
+EngineKind = Literal["naive", "threads", "batched"]
+"""The three schedulers (:mod:`corolab.serving.engine`)."""
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+def choices(kind: object) -> tuple[str, ...]:
+    """The values of a ``Literal`` type above, in order (nested ``Literal`` types are flattened)."""
+    return tuple(get_args(kind))
+
+
+__all__ = ["Attention", "Device", "Dtype", "EngineKind", "LogLevel", "Quantization", "Quantize", "choices"]
