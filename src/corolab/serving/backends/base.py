@@ -27,8 +27,8 @@ class BackendInfo:
     model_id: str
     context_window: int
     backend: str          # "fake" | "hf"
-    device: str = "cpu"
-    dtype: str = "float32"
+    device: str           # where it runs, once loaded: "cpu", "cuda", "mps" (a fact, not the --device setting)
+    dtype: str            # the float type it computes in, once loaded
     quantization: str = "none"  # "none" | "int8" (corolab.serving.backends.cpu.quantize)
 
 

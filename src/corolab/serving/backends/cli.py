@@ -37,6 +37,7 @@ def _mb(n: int) -> str:
 
 def _show(args: argparse.Namespace) -> int:
     from corolab.serving.backends import embedded
+    from corolab.serving.backends.cache_dir import cache_root
 
     try:
         gguf = embedded.gguf_path()
@@ -49,12 +50,12 @@ def _show(args: argparse.Namespace) -> int:
         print(f"  converted: {target} ({_mb(_size(target))})")
     else:
         print(f"  converted: not yet (the first start converts it into {target}; or run 'corolab model convert')")
-    models = embedded.cache_root() / "models"
+    models = cache_root() / "models"
     others = [p for p in sorted(models.iterdir()) if p != target and p.suffix != ".lock"] if models.is_dir() else []
     for p in others:
         note = " (unfinished conversion; 'corolab model clear' removes it)" if p.name.startswith(".") else ""
         print(f"  also cached: {p} ({_mb(_size(p))}){note}")
-    print(f"cache root: {embedded.cache_root()} (set COROLAB_CACHE to move it)")
+    print(f"cache root: {cache_root()} (set COROLAB_CACHE to move it)")
     return 0
 
 

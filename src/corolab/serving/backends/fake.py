@@ -64,7 +64,8 @@ class FakeBatch(Batch):
 class FakeBackend(Backend):
     def __init__(self, step_delay: float = 0.0, context_window: int = 4096, model_id: str = "fake") -> None:
         self.step_delay = step_delay
-        self.info = BackendInfo(model_id=model_id, context_window=context_window, backend="fake")
+        self.info = BackendInfo(model_id=model_id, context_window=context_window, backend="fake", device="cpu",
+                                dtype="float32")  # bytes, no tensors: a CPU, and float32 to name something
         # the keys of the latest prompts prefilled, in order (bounded: a soak run must not see it grow)
         self.prefilled: deque[int] = deque(maxlen=4096)
 

@@ -39,7 +39,9 @@ class HFBackend(Backend):
         self.model = None
         self.tokenizer = None
         self.device = "cpu"
-        self.info = BackendInfo(model_id=model_id or config.model, context_window=2048, backend="hf")
+        # until load() says what it found: the CPU and float32
+        self.info = BackendInfo(model_id=model_id or config.model, context_window=2048, backend="hf",
+                                device=self.device, dtype="float32")
         self._eos: frozenset[int] = frozenset()
         self.cache_kwarg = "past_key_values"
         self.pad_token_id = 0

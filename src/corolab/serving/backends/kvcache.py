@@ -2,7 +2,7 @@
 
 transformers' ``DynamicLayer`` appends each step's keys with ``torch.cat``, copying the whole cache every
 step. Here each layer keeps a buffer with spare room, so a step writes one column in place. The batch says
-how much room (:class:`corolab.serving.backends.hf.HFBatch`): as much as doubling would give, but never more than
+how much room (:class:`corolab.serving.backends.hf_batch.HFBatch`): as much as doubling would give, but never more than
 its rows may still generate. Doubling alone left up to half of the cache unused: at 32 rows of 64-token
 replies it held 254 columns for 126 tokens, 190 MB of the embedded model's resident memory.
 

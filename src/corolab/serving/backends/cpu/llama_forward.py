@@ -5,8 +5,8 @@ and, through transformers' general forward (mask builders, attention dispatch, r
 dataclasses), another 8 ms in some 10,000 small torch calls. This module runs the same weights, the same
 modules' parameters, through about a tenth of those calls; ``benchmarks/bench_quantize.py`` measures both.
 It serves models whose layers are Llama's (Llama, SmolLM, Mistral without sliding windows, Qwen2 without
-bias); :func:`supports` says which, and :class:`corolab.serving.backends.hf.HFBatch` falls back to ``model(...)`` for
-any other.
+bias); :func:`supports` says which. For any other, :func:`corolab.serving.backends.cpu.faster_forward` says
+why not and the backend runs ``model(...)``.
 
 The KV cache is :mod:`corolab.serving.backends.kvcache`'s (rows left-padded, a 2-D mask of real tokens), so nothing
 else changes: the same ``HFBatch`` joins and drops rows.
