@@ -11,13 +11,16 @@ from pathlib import Path
 from corolab.labs.grading import LabResult, grade, points
 from corolab.labs.registry import Lab, LabError, all_labs, get_lab
 from corolab.labs.report import format_report
-from corolab.labs.workspace import default_workspace, find_target, start
+from corolab.labs.workspace import default_workspace, find_target, lab_and_target, start
 
 
-def check(number: int | str, path: str | Path | None = None) -> LabResult:
-    """Grade your file for lab ``number`` and print the report (path defaults to where `start` put it)."""
-    lab = get_lab(number)
-    target = find_target(lab, Path(path) if path is not None else None)
+def check(number: int | str | None = None, path: str | Path | None = None) -> LabResult:
+    """Grade your file for lab ``number`` (its number or its slug, e.g. ``"toy-event-loop"``) and print the
+    report; ``path`` defaults to where `start` put it. Without ``number``, the lab is the one whose folder
+    (``corolab-labs/labNN-slug``) the path, or the notebook, is in."""
+    lab, target, note = lab_and_target(number, Path(path) if path is not None else None)
+    if note:
+        print(note)
     result = grade(lab, target)
     print(format_report(result))
     return result

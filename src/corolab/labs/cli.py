@@ -1,4 +1,10 @@
-"""``corolab lab list | start | check | grade | release``."""
+"""``corolab lab list | start | check | grade | release``.
+
+Every command names a lab by its number or its slug (``3`` or ``toy-event-loop``; a folder name such as
+``lab03-toy-event-loop`` works too). Numbers follow the book's reading order, so ``lab list`` reads in
+order; the slug is the name that never changes. A bare number that meant another lab before the labs
+were renumbered (3 to 8) gets a note on stderr naming both (see ``registry.renumbering_note``).
+"""
 
 from __future__ import annotations
 
@@ -15,21 +21,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     sub.add_parser("list", help="the labs and their chapters").set_defaults(func=_list)
 
+    lab_help = "the lab: its number in the book (3) or its slug (toy-event-loop), as `corolab lab list` shows"
     p = sub.add_parser("start", help="copy a lab's starter into your workspace")
-    p.add_argument("number")
+    p.add_argument("number", metavar="LAB", help=lab_help)
     p.add_argument("--dir", type=Path, default=None, help="where to put it (default ./corolab-labs/labNN-slug)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_start)
 
     p = sub.add_parser("check", help="run the graded tests on your file (exit 0 only at full marks)")
-    p.add_argument("number")
+    p.add_argument("number", metavar="LAB", nargs="?", default=None,
+                   help=lab_help + "; leave it out inside the lab's folder (corolab-labs/labNN-slug)")
     p.add_argument("path", nargs="?", type=Path, default=None,
                    help="your file, or its folder (default: the lab's file here, else in ./corolab-labs/labNN-slug)")
     p.add_argument("--timeout", type=float, default=None)
     p.set_defaults(func=_check)
 
     p = sub.add_parser("grade", help="grade a folder of submissions into a CSV")
-    p.add_argument("number")
+    p.add_argument("number", metavar="LAB", help=lab_help)
     p.add_argument("submissions", type=Path)
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--timeout", type=float, default=None, help="seconds per submission (default: the lab's)")
@@ -38,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("release", help="write the student edition of the labs (no solutions) to hand out")
     p.add_argument("target", type=Path)
-    p.add_argument("numbers", nargs="*", help="which labs (default: all)")
+    p.add_argument("numbers", metavar="LAB", nargs="*", help="which labs, by number or slug (default: all)")
     p.add_argument("--force", action="store_true", help="replace labs already in TARGET")
     p.set_defaults(func=_release)
 
@@ -53,38 +61,36 @@ def _guarded(fn):  # type: ignore[no-untyped-def]
     return run
 
 
-ROMAN = {"I": 1, "V": 5, "X": 10}
+def _lab(key: str):  # type: ignore[no-untyped-def]
+    """The lab ``key`` names, after printing the renumbering note where a bare number needs one."""
+    from corolab.labs.registry import get_lab, renumbering_note
 
-
-def _reading_order(lab) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    """(part, number): a lab's place in the book, from its chapter ("Part III: ..."); unknown parts last."""
-    part = lab.chapter.removeprefix("Part ").split(":", 1)[0].strip()
-    if not part or set(part) - set(ROMAN):
-        return (99, lab.number)
-    values = [ROMAN[c] for c in part]
-    return (sum(-v if v < w else v for v, w in zip(values, values[1:] + [0])), lab.number)
+    lab = get_lab(key)
+    if note := renumbering_note(key):
+        print(note, file=sys.stderr)
+    return lab
 
 
 @_guarded
 def _list(args: argparse.Namespace) -> int:
     from corolab.labs.registry import all_labs
 
-    labs = sorted(all_labs(), key=_reading_order)  # the book's order: Lab 8 (Part III) before Lab 3 (Part IV)
-    # Size the title column to the longest title, so the chapter column lines up whatever the titles are.
+    labs = all_labs()  # in number order, which is the book's order (tests/test_lab_order.py keeps it so)
+    # Size the slug and title columns to the longest, so the chapter column lines up whatever they are.
+    slugs = max((len(lab.slug) for lab in labs), default=0)
     width = max((len(lab.title) for lab in labs), default=0)
     for lab in labs:
-        print(f"{lab.number:2d}  {lab.title:<{width}}  chapter: {lab.chapter}")
+        print(f"{lab.number:2d}  {lab.slug:<{slugs}}  {lab.title:<{width}}  chapter: {lab.chapter}")
     return 0
 
 
 @_guarded
 def _start(args: argparse.Namespace) -> int:
-    from corolab.labs.registry import get_lab
     from corolab.labs.workspace import lab_script, start
 
-    lab = get_lab(args.number)
+    lab = _lab(args.number)
     target = start(lab, args.dir, args.force)
-    print(f"Lab {lab.number:02d} ({lab.title}) is ready: edit {target}")
+    print(f"Lab {lab.number} ({lab.slug}: {lab.title}) is ready: edit {target}")
     if script := lab_script(lab):
         print(f"The task is in {target.parent / 'README.md'}. JupyterLab with the book: bash {script}")
     else:
@@ -97,13 +103,14 @@ def _start(args: argparse.Namespace) -> int:
 @_guarded
 def _check(args: argparse.Namespace) -> int:
     from corolab.labs.grading import grade, require_pytest
-    from corolab.labs.registry import get_lab
     from corolab.labs.report import format_report
-    from corolab.labs.workspace import find_target
+    from corolab.labs.workspace import lab_and_target, split_key_and_path
 
     require_pytest()
-    lab = get_lab(args.number)
-    result = grade(lab, find_target(lab, args.path), args.timeout)
+    lab, target, note = lab_and_target(*split_key_and_path(args.number, args.path))
+    if note:
+        print(note, file=sys.stderr)
+    result = grade(lab, target, args.timeout)
     print(format_report(result))
     return 0 if result.full_marks else 1
 
@@ -114,10 +121,9 @@ def _grade(args: argparse.Namespace) -> int:
 
     from corolab.labs.batch import grade_folder, write_csv
     from corolab.labs.grading import require_pytest
-    from corolab.labs.registry import get_lab
 
     require_pytest()
-    lab = get_lab(args.number)
+    lab = _lab(args.number)
     started = time.perf_counter()
     results = grade_folder(lab, args.submissions, jobs=args.jobs, timeout=args.timeout)
     write_csv(results, args.csv)
@@ -132,10 +138,10 @@ def _grade(args: argparse.Namespace) -> int:
 
 @_guarded
 def _release(args: argparse.Namespace) -> int:
-    from corolab.labs.registry import all_labs, get_lab
+    from corolab.labs.registry import all_labs
     from corolab.labs.release import release
 
-    labs = [get_lab(n) for n in args.numbers] if args.numbers else all_labs()
+    labs = [_lab(n) for n in args.numbers] if args.numbers else all_labs()
     for folder in release(labs, args.target, args.force):
         print(f"wrote {folder} (task, starter, graded tests; no solution)")
     print(f"Hand out {args.target}; students set COROLAB_LABS_DIR={args.target} to check their work against it.")

@@ -3,11 +3,20 @@
 A lab is a folder ``labs/labNN-slug/`` with a ``lab.toml`` that names its title, its chapter and the
 module students edit. Keeping that in a small file (not in code) lets an instructor add a lab by adding a
 folder.
+
+Numbers and names: ``NN`` follows the book's reading order, so it can change when a lab is added or moved
+(it did once, in December 2026, when Lab 8, the toy event loop of Part III, became Lab 3 and Labs 3 to 7
+moved up one; each moved lab's ``lab.toml`` keeps its old number as ``formerly``). The slug never changes:
+it is the stable name, accepted wherever a number is, and it is how an old workspace folder (say
+``lab08-toy-event-loop``) is recognised. A bare number always means the current lab of that number; where
+it named another lab before, the commands say so (:func:`renumbering_note`) rather than guess which one was
+meant.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +39,7 @@ class Lab:
     root: Path
     memory_mb: int = 1024  # address space each of its processes may reserve (lab.toml: memory_mb)
     test_timeout: float = 20.0  # seconds one test may run before the grader stops it and goes on (lab.toml)
+    formerly: int | None = None  # its number before the labs were renumbered to follow the book (lab.toml)
 
     @property
     def name(self) -> str:
@@ -121,6 +131,7 @@ def load_lab(folder: Path) -> Lab:
         root=folder,
         memory_mb=int(meta.get("memory_mb", 1024)),
         test_timeout=float(meta.get("test_timeout", 20)),
+        formerly=int(meta["formerly"]) if "formerly" in meta else None,
     )
 
 
@@ -129,11 +140,59 @@ def all_labs(root: Path | None = None) -> list[Lab]:
     return [load_lab(folder) for folder in sorted(root.glob("lab[0-9][0-9]-*")) if (folder / "lab.toml").exists()]
 
 
+FOLDER = re.compile(r"lab(\d\d)-(.+)")  # a lab's folder, in labs/ or a student's workspace: labNN-slug
+
+
 def get_lab(number: int | str, root: Path | None = None) -> Lab:
-    """Look a lab up by number (``1``, ``"01"``) or folder name."""
+    """Look a lab up by its number (``3``, ``"03"``: the current one), its slug (``"toy-event-loop"``) or a
+    folder name (``"lab03-toy-event-loop"``). A folder name is read by its slug, whatever its number: a
+    workspace folder from before the renumbering (``lab08-toy-event-loop``) still names the toy event loop."""
     labs = all_labs(root)
-    for lab in labs:
-        if str(number) in (lab.name, lab.slug) or (str(number).isdigit() and int(number) == lab.number):
-            return lab
+    key = str(number).strip()
+    if key.isdigit():
+        found = [lab for lab in labs if lab.number == int(key)]
+    else:
+        folder = FOLDER.fullmatch(key)
+        found = [lab for lab in labs if lab.slug == (folder.group(2) if folder else key)]
+    if found:
+        return found[0]
     known = ", ".join(f"{lab.number} ({lab.slug})" for lab in labs)
     raise LabError(f"no lab {number!r}; the labs are: {known}")
+
+
+def is_lab_key(key: int | str, root: Path | None = None) -> bool:
+    """Whether ``key`` names a lab (by number, slug or folder name)."""
+    try:
+        get_lab(key, root)
+    except LabError:
+        return False
+    return True
+
+
+def lab_in_folder(folder: Path, root: Path | None = None) -> tuple[Lab, int] | None:
+    """The lab a folder named ``labNN-slug`` belongs to, by its slug, and the number ``NN`` it was named
+    with (an old number, for a workspace started before the renumbering); ``None`` for any other folder."""
+    match = FOLDER.fullmatch(Path(folder).name)
+    if match is None:
+        return None
+    lab = next((lab for lab in all_labs(root) if lab.slug == match.group(2)), None)
+    return (lab, int(match.group(1))) if lab is not None else None
+
+
+def renumbering_note(number: int | str, root: Path | None = None) -> str | None:
+    """For a bare number that named another lab before the renumbering (3 to 8), one line that says which
+    lab it names now and where the old one went; ``None`` for a slug, a folder name or an unchanged number.
+
+    Why a note and not a guess: a number alone cannot say whether it comes from this book or an old
+    handout, and the current book is what students read. The slug settles it, so the note names it."""
+    key = str(number).strip()
+    if not key.isdigit():
+        return None
+    labs = all_labs(root)
+    now = next((lab for lab in labs if lab.number == int(key)), None)
+    before = next((lab for lab in labs if lab.formerly == int(key) and lab.number != int(key)), None)
+    if now is None or before is None:
+        return None
+    return (f"note: lab {int(key)} is {now.slug} ({now.title}). The labs were renumbered to follow the book: "
+            f"lab {int(key)} used to be {before.slug}, now lab {before.number}. A lab's slug never changes; "
+            f"name the lab by it to be sure (corolab lab start/check {before.slug}).")

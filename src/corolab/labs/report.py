@@ -19,7 +19,7 @@ _UNVERIFIED = ("self-check: this copy of the labs has no reference solution, so 
 
 def format_report(result: LabResult) -> str:
     lab = result.lab
-    lines = [f"Lab {lab.number:02d}: {lab.title}", f"checking {result.path}", ""]
+    lines = [f"Lab {lab.number} ({lab.slug}): {lab.title}", f"checking {result.path}", ""]
     if result.status != "ok":
         lines += [f"!! {_STATUS_NOTE[result.status]}", f"   {result.detail}", ""]
     width = max((len(t.name) for t in result.tests), default=10)
