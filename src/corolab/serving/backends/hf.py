@@ -24,6 +24,18 @@ from corolab.serving.backends.prefix import KV, PrefixStore
 from corolab.serving.config import ModelConfig
 
 
+def end_of_sequence_ids(tokenizer, generation_config) -> frozenset[int]:
+    """Every id that ends a reply: the tokenizer's EOS, the generation config's (one or a list), and ChatML's
+    ``<|im_end|>`` where the vocabulary has it (chat models often end a turn with it, not with EOS)."""
+    eos = {tokenizer.eos_token_id}
+    gen_eos = getattr(generation_config, "eos_token_id", None)
+    eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        eos.add(im_end)
+    return frozenset(e for e in eos if e is not None)
+
+
 class HFBackend(Backend):
     """A Hugging Face model, set up by a :class:`~corolab.serving.config.ModelConfig` (its one source of
     settings: the backend has no defaults of its own). ``model_id`` names it where its path should not."""
@@ -74,13 +86,7 @@ class HFBackend(Backend):
         self.pad_token_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
         if self.tokenizer.chat_template is None:
             raise RuntimeError(f"model {self.source!r} has no chat template; corolab serves chat models only")
-        eos = {self.tokenizer.eos_token_id}
-        gen_eos = getattr(model.generation_config, "eos_token_id", None)
-        eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
-        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
-            eos.add(im_end)
-        self._eos = frozenset(e for e in eos if e is not None)
+        self._eos = end_of_sequence_ids(self.tokenizer, model.generation_config)
         window = getattr(model.config, "max_position_embeddings", None) or 2048
         self.info = replace(self.info, context_window=int(window), device=self.device,
                             dtype=str(dtype).removeprefix("torch."), quantization=self.quantization)
