@@ -130,6 +130,12 @@ def test_the_wheel_ships_the_labs_without_solutions(wheel):
     assert not [n for n in labs if "/solution/" in n or n.endswith("mutants.toml")]
 
 
+def test_the_wheel_ships_the_chat_page(wheel):
+    # `corolab serve` answers GET / with this file, read as package data
+    page = ROOT / "src" / "corolab" / "serving" / "server" / "static" / "chat.html"
+    assert zipfile.ZipFile(wheel).read("corolab/serving/server/static/chat.html") == page.read_bytes()
+
+
 def test_corolab_from_the_wheel_resolves_nothing_from_the_checkout(clean_env, tmp_path):
     where = _run([clean_env / "bin" / "python", "-c", "import corolab; print(corolab.__file__)"], cwd=tmp_path)
     assert where.returncode == 0, where.stderr

@@ -13,6 +13,7 @@ The allowed values of the named settings are ``Literal`` types in :mod:`corolab.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from corolab.serving.choices import Attention, Device, Dtype, EngineKind, LogLev
 #: Each named setting's allowed values, checked by :meth:`ModelConfig.validate`.
 _ALLOWED: dict[str, object] = {"device": Device, "dtype": Dtype, "quantize": Quantization, "attention": Attention,
                                "engine": EngineKind, "log_level": LogLevel}
+
+
+#: What a browser's ``Origin`` header holds: a scheme, a host and maybe a port, nothing after.
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[^/?#\s:\[\]]+)(:[0-9]{1,5})?")
 
 
 def _flag(name: str) -> str:
@@ -68,7 +73,9 @@ class ServeConfig(ModelConfig):
     max_body_bytes: int = 1 << 20     # largest request body (413 above it) or websocket frame (close 1009 above it)
     header_timeout: float = 5.0       # seconds a client has to send a request's headers (then the connection closes)
     body_timeout: float = 30.0        # seconds a client has for a request's whole body once its headers are in (408)
+    drain_timeout: float = 5.0        # seconds replies running at SIGTERM/SIGINT may go on; then each ends with an error
     log_level: LogLevel = "info"
+    cors_origins: list[str] = field(default_factory=list)  # pages elsewhere whose scripts may call the API; empty: none
 
     def validate(self) -> ServeConfig:
         """The model's checks, then the server's limits."""
@@ -81,6 +88,12 @@ class ServeConfig(ModelConfig):
                 raise ValueError(f"{_flag(name)} must be more than 0 seconds")
         if self.max_waiting < 0:
             raise ValueError("--max-waiting must be at least 0")
+        if not self.drain_timeout >= 0:  # 0: end every running reply at once, with its error event
+            raise ValueError("--drain-timeout must be at least 0 seconds")
+        for origin in self.cors_origins:  # a browser sends scheme://host[:port] exactly: anything else never matches
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"--cors-origin {origin!r} is not an origin: write scheme://host[:port] "
+                                 "(no path, no trailing slash), e.g. http://localhost:5173, or *")
         return self
 
     def model_config(self) -> ModelConfig:

@@ -11,10 +11,11 @@ from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from corolab.serving.config import ServeConfig
 from corolab.serving.engine.base import Engine
-from corolab.serving.server import errors, routes, websocket
+from corolab.serving.server import errors, page, routes, websocket
 from corolab.serving.server.admission import message_tokens
 from corolab.serving.server.limits import BodyLimit
 from corolab.serving.server.metrics import Metrics, StatusCounter
@@ -64,7 +65,11 @@ def create_app(engine: Engine, config: ServeConfig | None = None, *,
     app.state.corolab = state
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, body_timeout=config.body_timeout)
     app.add_middleware(StatusCounter, metrics=state.metrics)
+    if config.cors_origins:  # added last, so outermost: a 413 or a 401 carries the headers too, and a page can read it
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"])
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(websocket.router)
+    app.include_router(page.router)
     return app

@@ -64,6 +64,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="prefill every prompt in full (default: reuse the keys/values of the opening prompts share)")
     p.add_argument("--served-model-name", dest="served_model_names", action="append", default=None,
                    help="name clients use for the model (repeat for several); default: the model id and gpt-3.5-turbo")
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", default=None, metavar="ORIGIN",
+                   help="let scripts on pages from ORIGIN (scheme://host[:port], or *) call the API: CORS headers "
+                        "for that origin (repeat for several); default: none, so only the page at / and non-browser "
+                        "clients can")
     p.add_argument("--log-level", default=d.log_level, choices=choices(LogLevel))
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -73,6 +77,7 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
     """The :class:`ServeConfig` an argument list describes (raises ValueError for impossible values)."""
     values = {f.name: getattr(args, f.name) for f in fields(ServeConfig) if hasattr(args, f.name)}
     values["served_model_names"] = values.get("served_model_names") or []
+    values["cors_origins"] = values.get("cors_origins") or []
     values["api_key"] = read_api_key(args.api_key, args.api_key_file)
     return ServeConfig(**values).validate()
 

@@ -19,7 +19,8 @@ from prometheus_client.registry import Collector
 from corolab.serving.engine.base import Engine, EngineStats
 
 #: path -> the ``endpoint`` label; anything else is "other", so a scanner cannot blow up the label set
-ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/models": "models", "/health": "health", "/metrics": "metrics"}
+ENDPOINTS = {"/": "page", "/v1/chat/completions": "chat", "/v1/models": "models", "/health": "health",
+             "/metrics": "metrics"}
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
