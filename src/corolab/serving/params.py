@@ -52,7 +52,8 @@ def check_fits(prompt_tokens: int, reply_tokens: int, context_window: int) -> No
     """The context-window rule: a prompt of ``prompt_tokens`` plus a reply of ``reply_tokens`` must fit the
     model's ``context_window``. Raises :class:`LimitError` when it does not."""
     if prompt_tokens + reply_tokens > context_window:
-        raise LimitError(f"the prompt ({prompt_tokens} tokens) plus a reply of {reply_tokens} tokens exceeds this "
+        reply = f"{reply_tokens} token" + ("" if reply_tokens == 1 else "s")
+        raise LimitError(f"the prompt has {prompt_tokens} tokens; with a reply of {reply} it exceeds this "
                          f"model's context window of {context_window} tokens")
 
 
