@@ -50,3 +50,25 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad.write_text("from corolab.serving.engine.base import Delta\n")
     assert [layer_of(n) for n in imports(bad)] == [LAYERS["engine"]] and LAYERS["engine"] > LAYERS["backends"]
     assert layer_of("corolab.serving.backends.cpu.kernels") == LAYERS["backends"]
+
+
+def houses_imported_by(house: str) -> dict[str, set[str]]:
+    """For each module of ``corolab.<house>``, the other top-level houses of corolab it imports."""
+    found: dict[str, set[str]] = {}
+    for path in (SRC / house).rglob("*.py"):
+        module = "corolab." + ".".join(path.relative_to(SRC).with_suffix("").parts)
+        others = {name.split(".")[1] for name in imports(path)
+                  if name.startswith("corolab.") and name.split(".")[1] != house}
+        if others:
+            found[module] = others
+    return found
+
+
+def test_the_serving_stack_imports_no_other_house():
+    """The serving stack is the bottom house: the book's helpers (teach), the load tester (bench) and the
+    grader (labs) may use it, never the other way round, so the server ships and reads on its own."""
+    assert houses_imported_by("serving") == {}
+
+
+def test_the_teaching_helpers_use_only_the_serving_stack():
+    assert all(others <= {"serving"} for others in houses_imported_by("teach").values()), houses_imported_by("teach")
