@@ -136,6 +136,12 @@ def test_the_wheel_ships_the_chat_page(wheel):
     assert zipfile.ZipFile(wheel).read("corolab/serving/server/static/chat.html") == page.read_bytes()
 
 
+def test_the_wheel_ships_the_bench_datasets(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    for path in sorted((ROOT / "src/corolab/bench/data").glob("*.jsonl")):
+        assert f"corolab/bench/data/{path.name}" in names  # `corolab bench --dataset builtin:NAME` reads it
+
+
 def test_corolab_from_the_wheel_resolves_nothing_from_the_checkout(clean_env, tmp_path):
     where = _run([clean_env / "bin" / "python", "-c", "import corolab; print(corolab.__file__)"], cwd=tmp_path)
     assert where.returncode == 0, where.stderr

@@ -6,12 +6,12 @@ benchmark means by them, so numbers can be compared side by side.
 """
 
 from .config import BenchConfig, endpoint_url
-from .dataset import Prompt, load_jsonl, synthetic_prompts
+from .dataset import DatasetError, Prompt, builtin_datasets, load_jsonl, synthetic_prompts
 from .metrics import summarize
 from .records import RequestRecord
 from .runner import BenchResult, RunResult, run_bench, run_bench_sync, self_test
 
 __all__ = [
-    "BenchConfig", "BenchResult", "Prompt", "RequestRecord", "RunResult", "endpoint_url", "load_jsonl",
-    "run_bench", "run_bench_sync", "self_test", "summarize", "synthetic_prompts",
+    "BenchConfig", "BenchResult", "DatasetError", "Prompt", "RequestRecord", "RunResult", "builtin_datasets",
+    "endpoint_url", "load_jsonl", "run_bench", "run_bench_sync", "self_test", "summarize", "synthetic_prompts",
 ]

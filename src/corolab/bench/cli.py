@@ -39,7 +39,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"seconds per run (default {DEFAULT_DURATION:g} when --requests is not given either)")
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--dataset", help="JSONL with prompt/query/messages (+ max_tokens) per line")
+    p.add_argument("--dataset", metavar="PATH|builtin:chats",
+                   help="prompts from a JSONL file (prompt/query/messages, + max_tokens, per line), or "
+                        "builtin:chats: 175 real-looking chats shipped with corolab, long-tailed prompt and "
+                        "reply lengths (add --ignore-eos for replies of exactly those lengths)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ignore-eos", action="store_true", help="ask for exactly max_tokens (vLLM extension)")
     p.add_argument("--ttft-limit", type=float, help="goodput TTFT limit, milliseconds")
@@ -87,7 +90,13 @@ def run(args) -> int:
             config.requests, config.duration = 4000, None
         result = asyncio.run(self_test(config))
     else:
-        result = run_bench_sync(config)
+        from .dataset import DatasetError
+
+        try:
+            result = run_bench_sync(config)
+        except DatasetError as exc:
+            print(f"corolab bench: {exc}", file=sys.stderr)
+            return 2
     print(result.table())
     if args.json_path:
         result.to_json(args.json_path)
