@@ -10,6 +10,7 @@ from corolab.serving.choices import EngineKind, choices
 from corolab.serving.config import ServeConfig
 from corolab.serving.engine.base import (
     Delta, Engine, EngineError, EngineInfo, EngineNotReadyError, EngineStats, QueueFullError, RequestFailedError,
+    ShuttingDownError,
 )
 from corolab.serving.engine.handle import RequestHandle
 from corolab.serving.params import LimitError, SamplingParams
@@ -43,6 +44,6 @@ def create_engine(kind: str | None, backend: Backend, config: ServeConfig | None
 
 __all__ = [
     "ENGINE_KINDS", "Delta", "Engine", "EngineError", "EngineInfo", "EngineNotReadyError", "EngineStats",
-    "LimitError", "QueueFullError", "RequestFailedError", "RequestHandle", "SamplingParams",
+    "LimitError", "QueueFullError", "RequestFailedError", "RequestHandle", "SamplingParams", "ShuttingDownError",
     "create_engine",
 ]

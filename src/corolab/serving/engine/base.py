@@ -4,7 +4,8 @@ The transport (``corolab.serving.server``) only ever talks to an :class:`Engine`
 
 1. **Admission.** ``prompt = await engine.tokenize(messages)`` (off the event loop), then
    ``handle = engine.submit(prompt, params)``, which refuses at once (:class:`QueueFullError` → 429,
-   :class:`~corolab.serving.params.LimitError` → 400, :class:`EngineNotReadyError` → 503) or returns a
+   :class:`~corolab.serving.params.LimitError` → 400, :class:`EngineNotReadyError` and
+   :class:`ShuttingDownError` → 503) or returns a
    :class:`~corolab.serving.engine.handle.RequestHandle`.
 2. **Streaming.** ``async for delta in handle``; ``handle.cancel()`` withdraws the request at any point
    (queued or generating) and frees its slot at once.
@@ -21,7 +22,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from corolab.serving.engine.delta import Delta
-from corolab.serving.engine.errors import EngineError, EngineNotReadyError, QueueFullError, RequestFailedError
+from corolab.serving.engine.errors import (
+    EngineError, EngineNotReadyError, QueueFullError, RequestFailedError, ShuttingDownError,
+)
 from corolab.serving.engine.handle import RequestHandle
 from corolab.serving.params import FinishReason, LimitError, SamplingParams, reply_limit
 
@@ -57,7 +60,11 @@ class Engine(abc.ABC):
     Life cycle: ``await start()`` (loads the model off the event loop; ``ready`` turns true), then any
     number of concurrent requests, then ``await stop()``. ``failure`` says why an engine that started
     can no longer serve (its worker died), so ``/health`` can say so instead of "loading" forever.
+    A server shutting down calls :meth:`stop_admitting` first: new requests are refused, running ones go on.
     """
+
+    #: Set by :meth:`stop_admitting`: the Retry-After of every refusal from then on.
+    _closed_retry_after: float | None = None
 
     def __init__(self) -> None:
         self.step_listeners: list[StepListener] = []
@@ -79,8 +86,20 @@ class Engine(abc.ABC):
         general: the failure's text is for ``/health`` and the log, not for every client."""
         if self.failure is not None:
             raise EngineNotReadyError("the engine has failed; see /health and the server log")
+        if self._closed_retry_after is not None:
+            raise ShuttingDownError(retry_after=self._closed_retry_after)
         if not self.ready:
             raise EngineNotReadyError("the model is still loading; try again shortly")
+
+    @property
+    def admitting(self) -> bool:
+        """False once :meth:`stop_admitting` was called."""
+        return self._closed_retry_after is None
+
+    def stop_admitting(self, retry_after: float) -> None:
+        """Refuse every new request from now on with :class:`ShuttingDownError` (503, ``Retry-After``
+        ``retry_after`` seconds); requests already admitted go on. The first step of a graceful shutdown."""
+        self._closed_retry_after = retry_after
 
     @abc.abstractmethod
     async def start(self) -> None: ...
@@ -124,5 +143,5 @@ class Engine(abc.ABC):
 
 __all__ = [
     "Delta", "Engine", "EngineError", "EngineInfo", "EngineNotReadyError", "EngineStats", "FinishReason",
-    "LimitError", "QueueFullError", "RequestFailedError", "SamplingParams", "StepListener",
+    "LimitError", "QueueFullError", "RequestFailedError", "SamplingParams", "ShuttingDownError", "StepListener",
 ]

@@ -88,6 +88,7 @@ class BackendEngine(Engine):
         """Load the model off the event loop (it keeps answering /health meanwhile), in a thread that ends
         when the model is loaded."""
         await load_in_passing_thread(self.backend.load)
+        self._closed_retry_after = None  # a restarted engine admits again
         self._ready = True
 
     async def stop(self) -> None:

@@ -20,11 +20,21 @@ class QueueFullError(EngineError):
 
 
 class EngineNotReadyError(EngineError):
-    """The model is still loading, or the engine has failed or stopped: 503."""
+    """The model is still loading, or the engine has failed, stopped or is shutting down: 503."""
+
+
+class ShuttingDownError(EngineNotReadyError):
+    """The server is shutting down: a new request is refused (503 with Retry-After), and a reply still running
+    at the drain's deadline ends with this error (:mod:`corolab.serving.server.drain`)."""
+
+    def __init__(self, message: str = "the server is shutting down; retry shortly (another server may answer)",
+                 retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RequestFailedError(EngineError):
     """This one request failed (its sampler, its stop strings, a model step): 500 for it alone."""
 
 
-__all__ = ["EngineError", "EngineNotReadyError", "QueueFullError", "RequestFailedError"]
+__all__ = ["EngineError", "EngineNotReadyError", "QueueFullError", "RequestFailedError", "ShuttingDownError"]

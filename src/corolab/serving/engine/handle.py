@@ -3,7 +3,9 @@
 The engine side feeds a handle with :meth:`RequestHandle.put` on the event loop (a worker thread gets
 there with ``loop.call_soon_threadsafe``). The transport side reads it with ``async for`` and may call
 :meth:`RequestHandle.cancel` from any coroutine (a disconnect watcher, a reader task): the reader wakes up
-at once, and the engine is told to free the request's slot or its place in the queue.
+at once, and the engine is told to free the request's slot or its place in the queue. The server, shutting
+down, may end a request itself with :meth:`RequestHandle.abort`: the engine drops it the same way, and the
+reader's next step raises the error, so the transport can tell its client why the reply stops there.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class RequestHandle:
         self.prompt_tokens = prompt_tokens
         self.cancelled = False
         self.finished = False
+        self.aborted = False  # ended by the server (abort), not by its client
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._on_cancel = on_cancel
 
@@ -65,6 +68,17 @@ class RequestHandle:
             return
         self.cancelled = self.finished = True
         self._queue.put_nowait(_CANCELLED)
+        if not self.aborted:  # an aborted request has left the engine already
+            self._on_cancel(self)
+
+    def abort(self, error: EngineError) -> None:
+        """End the request from the server's side (a shutdown's deadline): the engine drops it as if it
+        were withdrawn, and the reader gets every delta already delivered, then ``error``. A no-op once it
+        finished, was withdrawn or was aborted."""
+        if self.finished or self.cancelled or self.aborted:
+            return
+        self.aborted = True
+        self._queue.put_nowait(error)
         self._on_cancel(self)
 
     async def aclose(self) -> None:

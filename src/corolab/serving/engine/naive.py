@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from corolab.serving.engine.base import Delta, RequestFailedError
+from corolab.serving.engine.base import Delta, EngineError, RequestFailedError
 from corolab.serving.engine.common import BackendEngine
 from corolab.serving.engine.handle import RequestHandle
 from corolab.serving.engine.sequence import RequestSequence
@@ -26,10 +26,15 @@ class InlineHandle(RequestHandle):
         self._seq = RequestSequence(engine.backend, len(prompt), params)
         self._batch = None
         self._pending: list[Delta] = []
+        self._error: EngineError | None = None  # set by abort(): raised at the next step instead of running it
 
     async def __anext__(self) -> Delta:
         if self.finished:
             raise StopAsyncIteration
+        if self._error is not None:
+            self.finished = True
+            self._close()
+            raise self._error
         try:
             while not self._pending:
                 self._pending = self._seq.push(self._next_token())  # blocks the loop: the flaw being taught
@@ -58,6 +63,10 @@ class InlineHandle(RequestHandle):
         if not self.finished:
             self.cancelled = self.finished = True
             self._close()
+
+    def abort(self, error: EngineError) -> None:
+        if not (self.finished or self.aborted):
+            self.aborted, self._error = True, error
 
     def _close(self) -> None:
         if self._batch is not None:

@@ -9,9 +9,12 @@ The same steps for an HTTP body and a websocket frame, in order of cost:
    what passes costs at most about a context window's worth of tokenizing;
 2. chat templating and tokenizing, off the event loop (``engine.tokenize``);
 3. the request's limits mapped to the engine's settings (:meth:`SamplingFields.to_sampling_params`);
-4. ``engine.submit``, which refuses at once (queue full, not ready) or returns the handle. A full queue is a
-   429 whose ``Retry-After`` is the time the queue needs to drain at the recent step rate
+4. ``engine.submit``, which refuses at once (queue full, not ready, shutting down) or returns the handle. A
+   full queue is a 429 whose ``Retry-After`` is the time the queue needs to drain at the recent step rate
    (:meth:`Metrics.drain_seconds <corolab.serving.server.metrics.Metrics.drain_seconds>`).
+
+An admitted reply is tracked by the server's :class:`~corolab.serving.server.drain.Drain` until its transport
+releases it, so a shutdown knows which replies are still running.
 """
 
 from __future__ import annotations
@@ -69,10 +72,12 @@ async def admit(state: ServerState, messages: list[dict[str, str]], fields: Samp
     except LimitError as exc:
         raise from_engine_error(exc) from None
     try:
-        return engine.submit(prompt, params)
+        handle = engine.submit(prompt, params)
     except QueueFullError as exc:  # when to come back: when the queue has drained, at the recent step rate
         drain = state.metrics.drain_seconds(engine.stats(), state.config.max_tokens)
         raise from_engine_error(QueueFullError(str(exc), retry_after=max(exc.retry_after, drain))) from None
     except (EngineError, LimitError) as exc:
         raise from_engine_error(exc) from None
+    state.drain.track(handle)  # until the transport releases it: a shutdown waits for this reply
+    return handle
 

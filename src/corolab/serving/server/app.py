@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -17,11 +18,21 @@ from corolab.serving.config import ServeConfig
 from corolab.serving.engine.base import Engine
 from corolab.serving.server import errors, page, routes, websocket
 from corolab.serving.server.admission import message_tokens
+from corolab.serving.server.drain import Drain
 from corolab.serving.server.limits import BodyLimit
 from corolab.serving.server.metrics import Metrics, StatusCounter
 from corolab.serving.server.state import SEED_MODEL_ALIAS, ServerState
 
 log = logging.getLogger("corolab.serving.server")
+
+
+def free_cuda_cache() -> None:
+    """What ChatGLM2-6B's ``openai_api.py`` does when its app shuts down: hand cached CUDA memory back to the
+    driver. Only if torch is already imported and CUDA was used: a fake model never loads torch for this."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()
 
 
 def create_app(engine: Engine, config: ServeConfig | None = None, *,
@@ -30,12 +41,13 @@ def create_app(engine: Engine, config: ServeConfig | None = None, *,
     else :class:`ServeConfig`'s) and any field overridden by keyword, e.g. ``create_app(engine, api_key=...)``.
 
     The model loads in the background after start-up, so the server answers at once: ``/health`` says 503
-    until the engine is ready, then 200. Served names default to the model id plus ``gpt-3.5-turbo``, so
-    ChatGLM's example request works unchanged.
+    until the engine is ready, then 200, and 503 again while it drains (:mod:`corolab.serving.server.drain`).
+    Served names default to the model id plus ``gpt-3.5-turbo``, so ChatGLM's example request works unchanged.
     """
     config = replace(config or getattr(engine, "config", None) or ServeConfig(), **overrides).validate()
     names = config.served_model_names or [engine.info.model_id, SEED_MODEL_ALIAS]
-    state = ServerState(engine=engine, config=config, metrics=Metrics(engine), served_names=list(names))
+    state = ServerState(engine=engine, config=config, metrics=Metrics(engine), served_names=list(names),
+                        drain=Drain(engine, config.drain_timeout))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,10 +67,11 @@ def create_app(engine: Engine, config: ServeConfig | None = None, *,
         task.add_done_callback(state.tasks.discard)
         try:
             yield
-        finally:
+        finally:  # uvicorn's shutdown has run: after a signal, the drain before it ended every reply
             if not task.done():
                 task.cancel()
             await engine.stop()
+            free_cuda_cache()
 
     app = FastAPI(title="corolab", summary="An OpenAI-compatible chat server with continuous batching",
                   lifespan=lifespan)

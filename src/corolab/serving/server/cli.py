@@ -60,6 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds a client has to send a request's headers before its connection is closed")
     p.add_argument("--body-timeout", type=float, default=d.body_timeout,
                    help="seconds a client has to send a request's whole body once its headers are in (then 408)")
+    p.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
+                   help="on SIGTERM or Ctrl-C, seconds running replies may go on before each is ended with an error "
+                        "event; new requests get 503 meanwhile (default %(default)s; a second signal ends them now)")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                    help="prefill every prompt in full (default: reuse the keys/values of the opening prompts share)")
     p.add_argument("--served-model-name", dest="served_model_names", action="append", default=None,
@@ -94,12 +97,10 @@ def _watch_parent(pid: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from corolab.serving.backends import load_backend
     from corolab.serving.engine import create_engine
     from corolab.serving.server.app import create_app
-    from corolab.serving.server.uvicorn_setup import uvicorn_config
+    from corolab.serving.server.uvicorn_setup import DrainingServer, uvicorn_config
 
     if args.exit_with_parent:
         _watch_parent(args.exit_with_parent)
@@ -114,14 +115,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"corolab serve: {exc}", file=sys.stderr)
         return 2
     failed: list[BaseException] = []
-    uv = uvicorn_config(None, config)
-    server = uvicorn.Server(uv)
 
     def on_load_failure(exc: BaseException) -> None:
         failed.append(exc)
         server.should_exit = True
 
-    uv.app = create_app(engine, config, on_load_failure=on_load_failure)
+    app = create_app(engine, config, on_load_failure=on_load_failure)
+    server = DrainingServer(uvicorn_config(app, config), app.state.corolab.drain)  # SIGTERM: drain, then stop
     print(f"corolab: serving on http://{config.host}:{config.port} (engine {engine.info.engine}); the model loads "
           "in the background, /health turns 200 when it is ready", file=sys.stderr, flush=True)
     server.run()

@@ -13,7 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corolab.serving.engine.base import EngineError, EngineNotReadyError, QueueFullError, RequestFailedError
+from corolab.serving.engine.base import (
+    EngineError, EngineNotReadyError, QueueFullError, RequestFailedError, ShuttingDownError,
+)
 from corolab.serving.params import LimitError
 from corolab.serving.protocol import ErrorDetail, ErrorResponse, describe_invalid
 
@@ -53,6 +55,9 @@ def from_engine_error(exc: EngineError | LimitError) -> APIError:
         return APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(retry)})
     if isinstance(exc, LimitError):  # the context-window rule (corolab.serving.params.check_fits)
         return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
+    if isinstance(exc, ShuttingDownError):  # refused, or cut at the drain's deadline: come back to a live server
+        retry = max(1, math.ceil(exc.retry_after))
+        return APIError(503, str(exc), code="shutting_down", headers={"Retry-After": str(retry)})
     if isinstance(exc, EngineNotReadyError):
         return APIError(503, str(exc), code="model_loading", headers={"Retry-After": "5"})
     if isinstance(exc, RequestFailedError):  # this request alone failed; the cause goes to the log

@@ -51,7 +51,8 @@ async def list_models(state: ServerState = Depends(authorized)) -> ModelList:
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """200 when the model is ready; 503 while it loads, or with the reason when the engine has failed."""
+    """200 when the model is ready; 503 while it loads, while the server drains, or with the reason when the
+    engine has failed."""
     state = get_state(request)
     info = state.engine.info
     body = {"status": "ok", "model": info.model_id, "engine": info.engine}
@@ -61,6 +62,8 @@ async def health(request: Request) -> JSONResponse:
     if state.engine.failure is not None:
         return JSONResponse({**body, "status": "failed", "detail": f"the engine failed: {state.engine.failure}"},
                             status_code=503)
+    if state.drain.draining:  # shutting down: a load balancer stops sending here
+        return JSONResponse({**body, "status": "draining"}, status_code=503)
     if not state.engine.ready:
         return JSONResponse({**body, "status": "loading"}, status_code=503)
     return JSONResponse(body)
@@ -85,7 +88,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     reply = Reply(handle, arrived, state.metrics.ttft.observe)
     if body.stream:  # Starlette watches for the hang-up while it streams, and cancels _stream
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(model, reply, include_usage), media_type="text/event-stream",
+        return StreamingResponse(_stream(model, reply, include_usage, state), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     collect = asyncio.create_task(reply.collect())
     gone = asyncio.create_task(_disconnected(request))
@@ -97,6 +100,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
             handle.cancel()
             with contextlib.suppress(asyncio.CancelledError, EngineError):
                 await collect
+        state.drain.release(handle)
     if handle.cancelled:
         return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
     try:
@@ -115,25 +119,29 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _stream(model: str, reply: Reply, include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream(model: str, reply: Reply, include_usage: bool, state: ServerState) -> AsyncIterator[bytes]:
     """The SSE body. If the client disconnects, Starlette cancels this generator; ``finally`` then withdraws
-    the request, which frees its batch slot (or its place in the queue) at once."""
+    the request, which frees its batch slot (or its place in the queue) at once. A reply the server ends
+    (a shutdown's deadline) fails like any other: an error event, then ``[DONE]``."""
     writer = ChunkWriter(completion_id(), now(), model)
     try:
-        yield writer.role()
-        async for delta in reply.handle:
-            reply.add(delta)
-            if delta.text:
-                yield writer.content(delta.text)
-        yield writer.finish(reply.finish_reason or "stop")
-        if include_usage:
-            yield writer.usage(reply.usage)
-    except EngineError as exc:  # mid-stream failure: an error event, then the end of the stream
-        api = from_engine_error(exc)
-        yield event(json.dumps(error_body(api.status, api.message, api.param, api.code), ensure_ascii=False))
-    finally:
-        reply.handle.cancel()
-    yield DONE
+        try:
+            yield writer.role()
+            async for delta in reply.handle:
+                reply.add(delta)
+                if delta.text:
+                    yield writer.content(delta.text)
+            yield writer.finish(reply.finish_reason or "stop")
+            if include_usage:
+                yield writer.usage(reply.usage)
+        except EngineError as exc:  # mid-stream failure: an error event, then the end of the stream
+            api = from_engine_error(exc)
+            yield event(json.dumps(error_body(api.status, api.message, api.param, api.code), ensure_ascii=False))
+        finally:
+            reply.handle.cancel()
+        yield DONE
+    finally:  # the last event is out (or the client left): a drain need not wait for this reply any more
+        state.drain.release(reply.handle)
 
 
 __all__ = ["authorized", "router"]

@@ -1,5 +1,5 @@
-"""What every route needs, kept on ``app.state``: the engine, the settings, the metrics, and the two
-checks every request passes (which model it names, which key it carries)."""
+"""What every route needs, kept on ``app.state``: the engine, the settings, the metrics, the drain, and the
+two checks every request passes (which model it names, which key it carries)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi import Request, WebSocket
 
 from corolab.serving.config import ServeConfig
 from corolab.serving.engine.base import Engine
+from corolab.serving.server.drain import Drain
 from corolab.serving.server.errors import APIError
 from corolab.serving.server.metrics import Metrics
 
@@ -23,6 +24,7 @@ class ServerState:
     config: ServeConfig
     metrics: Metrics
     served_names: list[str]
+    drain: Drain  # the replies and websockets still open, and the shutdown's drain (server.drain)
     load_error: str | None = None
     message_tokens: int = 1  # the chat template's tokens per message (admission.message_tokens, at start-up)
     tasks: set = field(default_factory=set)

@@ -15,6 +15,11 @@ arrives (close code 1009, "message too big"; :mod:`corolab.serving.server.uvicor
 Each connection runs a reader task next to the reply, because a client that leaves must be noticed *while*
 the engine is silent (a request waiting for a batch slot sends nothing): the reader sees the disconnect,
 the reply is cancelled, and its request is withdrawn, which frees its slot or its place in the queue.
+
+When the server shuts down (:mod:`corolab.serving.server.drain`), a connection with no reply running is
+closed at once with code 1001 ("going away"); one with a reply running closes with 1001 after that reply's
+last frame, or after its error frame if the drain's deadline ends it. A connection opened during the drain
+is accepted and closed with 1001, so the client reads why.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from corolab.serving.protocol import (
     history_chat,
 )
 from corolab.serving.server.admission import admit
+from corolab.serving.server.drain import GOING_AWAY
 from corolab.serving.server.errors import APIError, error_detail, from_engine_error
 from corolab.serving.server.replies import Reply
 from corolab.serving.server.state import ServerState, get_ws_state
@@ -136,11 +142,31 @@ async def serve(websocket: WebSocket, protocol: Protocol) -> None:
         await websocket.close(code=1008, reason=exc.message[:120])
         return
     await websocket.accept()
+    with state.drain.websocket() as going_away:  # set when the server starts shutting down
+        if going_away.is_set():  # accepted only to say why it closes: 1001, "going away"
+            await _close_going_away(websocket)
+            return
+        await _converse(websocket, state, protocol, going_away)
 
+
+async def _converse(websocket: WebSocket, state: ServerState, protocol: Protocol, going_away: asyncio.Event) -> None:
+    """Answer question after question until the client leaves, or the server shuts down: then a reply that
+    is running goes on (it ends with its last frame, or an error frame at the drain's deadline) and the
+    connection closes with 1001."""
     frames: asyncio.Queue[str | bytes | None] = asyncio.Queue(MAX_PENDING_FRAMES)
     reader = asyncio.create_task(_read(websocket, frames), name="ws-reader")
+    shutdown = asyncio.create_task(going_away.wait(), name="ws-going-away")
+    question: asyncio.Future[str | bytes | None] | None = None
     try:
-        while (raw := await frames.get()) is not None and not reader.done():
+        while True:
+            question = asyncio.ensure_future(frames.get())
+            await asyncio.wait({question, shutdown}, return_when=asyncio.FIRST_COMPLETED)
+            if not question.done():  # no question waiting, and the server is shutting down
+                question.cancel()
+                await _close_going_away(websocket)
+                break
+            if (raw := question.result()) is None or reader.done():
+                break
             arrived = time.perf_counter()
             request = parse_frame(raw, protocol.request_model, state.config.max_body_bytes)
             if isinstance(request, str):
@@ -160,9 +186,17 @@ async def serve(websocket: WebSocket, protocol: Protocol) -> None:
     except WebSocketDisconnect:
         pass  # the client left while we were sending
     finally:
+        shutdown.cancel()
+        if question is not None:
+            question.cancel()
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
+
+
+async def _close_going_away(websocket: WebSocket) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client may have left already
+        await websocket.close(code=1001, reason=GOING_AWAY)
 
 
 async def _read(websocket: WebSocket, frames: asyncio.Queue[str | bytes | None]) -> None:
@@ -204,4 +238,5 @@ async def _answer(websocket: WebSocket, state: ServerState, protocol: Protocol, 
     finally:
         if handle is not None:
             handle.cancel()
+            state.drain.release(handle)
     state.metrics.count(protocol.endpoint, 200)
