@@ -23,6 +23,7 @@ The last line is the headline: batched / naive tokens/s at the highest concurren
     python benchmarks/bench_serving.py --concurrency 1,8 --requests 8 --servers naive,batched   # quick look
     python benchmarks/bench_serving.py --dtype bfloat16 --servers naive,batched,transformers-cb
     python benchmarks/bench_serving.py --servers vllm --concurrency 1,4 --requests 4 --max-tokens 16 --no-fake-ceiling
+    python benchmarks/bench_serving.py --servers batched,vllm --concurrency 32,64,128 --batch-limits 32,64,128
 
 ``--dtype`` is passed to every server alike (ours and `transformers serve`): float32 is what ``auto`` picks
 on a CPU; bfloat16 runs much faster on CPUs with native bf16 dot products (AVX512-BF16, AMX). vLLM gets the
@@ -231,7 +232,8 @@ async def measure(url: str, model: str, levels: list[int], requests: int, max_to
             out[c].update(cpu_split(before, thread_cpu(pid), pid, seconds))
             out[c]["rss_mib"] = peak.stop()
         print(f"  c={c:3d}: {s['output_throughput']:7.1f} tok/s  TTFT p50 {s['ttft']['median'] * 1e3:7.0f} ms  "
-              f"p99 {s['ttft']['p99'] * 1e3:7.0f} ms  failed {s['failed']}", flush=True)
+              f"p99 {s['ttft']['p99'] * 1e3:7.0f} ms  failed {s['failed']}  peak RSS "
+              f"{out[c].get('rss_mib', float('nan')):.0f} MiB", flush=True)
     return out
 
 
@@ -258,6 +260,9 @@ async def main() -> None:
                         help="corolab serve --device and transformers serve --device (default auto)")
     parser.add_argument("--max-batch-size", type=int, default=None,
                         help="corolab serve --max-batch-size (default: the highest concurrency)")
+    parser.add_argument("--batch-limits", default=None,
+                        help="run the batched engine once per --max-batch-size in this comma-separated list "
+                             "(e.g. 32,64,128), each shown as 'batched (max batch N)'; overrides --max-batch-size")
     parser.add_argument("--vllm-bind", default="all", choices=("all", "default"),
                         help="vLLM's OpenMP threads: bound to all cores this process may use (default), or "
                              "vLLM's own binding (one core kept for its scheduler)")
@@ -281,14 +286,19 @@ async def main() -> None:
     for engine in ("naive", "threads", "batched"):
         if engine not in servers:
             continue
-        print(f"corolab serve --engine {engine}", flush=True)
         extra = ["--threads", str(args.threads)] if args.threads else []
-        async with BackgroundServer(model=None, engine=engine, args=[
-                "--max-batch-size", str(args.max_batch_size or max(levels)), "--dtype", args.dtype,
-                "--quantize", args.quantize, "--attention", args.attention, "--device", args.device,
-                *extra]) as server:
-            results[engine] = await measure(server.url, embedded.MODEL_ID, levels, args.requests, args.max_tokens,
-                                            pid=server.process.pid)
+        limits = [args.max_batch_size or max(levels)]
+        if engine == "batched" and args.batch_limits:
+            limits = [int(x) for x in args.batch_limits.split(",")]
+        for limit in limits:
+            key = engine if len(limits) == 1 else f"{engine} (max batch {limit})"
+            print(f"corolab serve --engine {engine} --max-batch-size {limit}", flush=True)
+            async with BackgroundServer(model=None, engine=engine, args=[
+                    "--max-batch-size", str(limit), "--dtype", args.dtype,
+                    "--quantize", args.quantize, "--attention", args.attention, "--device", args.device,
+                    *extra]) as server:
+                results[key] = await measure(server.url, embedded.MODEL_ID, levels, args.requests,
+                                             args.max_tokens, pid=server.process.pid)
     peer_dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
     for key, continuous in (("transformers", False), ("transformers-cb", True)):
         if key not in servers:
@@ -334,24 +344,31 @@ async def main() -> None:
         cells = "".join(f"{r['tok_s']:8.1f} ({r['ttft_p50'] * 1e3:5.0f}/{r['ttft_p99'] * 1e3:5.0f})"
                         for r in by_level.values())
         print(f"{name:46}{cells}{by_level[top].get('rss_mib', float('nan')):9.0f}")
-    if "batched" not in results:
+    print("\npeak RSS in MiB at each level")
+    print(f"{'server':46}" + "".join(f"{'c=' + str(c):>10}" for c in levels))
+    for name, by_level in results.items():
+        print(f"{name:46}" + "".join(f"{r.get('rss_mib', float('nan')):10.0f}" for r in by_level.values()))
+    mine_keys = [k for k in results if k == "batched" or k.startswith("batched (")]
+    if not mine_keys:
         return
-    batched = results["batched"][top]
+    batched = results[mine_keys[0]][top]
     # Where the CPU went while batched served the top level: if the model's threads had the machine and the
     # event loop and the load tester used next to nothing, serving costs nothing more and only a faster
     # model step (dtype, hardware) can raise tokens/s.
-    print(f"\nCPU while batched served c={top}, in cores (this machine has {psutil.cpu_count()}): model threads "
+    print(f"\nCPU while {mine_keys[0]} served c={top}, in cores (this machine has {psutil.cpu_count()}): model threads "
           f"{batched['model']:.2f}, server event loop {batched['loop']:.2f}, load tester {batched['client_cpu']:.2f}")
-    for level in sorted({min(levels), top}):
+    peers = [name for name in results if name not in mine_keys]
+    for level in (levels if len(mine_keys) > 1 else sorted({min(levels), top})) if peers else ():
         print(f"\nratios at c={level}:")
-        mine = results["batched"][level]
-        for name, by_level in results.items():
-            if name != "batched":
-                print(f"  batched / {name}: {mine['tok_s'] / by_level[level]['tok_s']:.2f}x tok/s, "
-                      f"TTFT p99 {mine['ttft_p99'] / by_level[level]['ttft_p99']:.2f}x, "
-                      f"RSS {mine['rss_mib'] / by_level[level]['rss_mib']:.2f}x")
+        for key in mine_keys:
+            mine = results[key][level]
+            for name, by_level in results.items():
+                if name not in mine_keys:
+                    print(f"  {key} / {name}: {mine['tok_s'] / by_level[level]['tok_s']:.2f}x tok/s, "
+                          f"TTFT p99 {mine['ttft_p99'] / by_level[level]['ttft_p99']:.2f}x, "
+                          f"RSS {mine['rss_mib'] / by_level[level]['rss_mib']:.2f}x")
     if "naive" in results:
-        print(f"headline: batched / naive at c={top}: {batched['tok_s'] / results['naive'][top]['tok_s']:.2f}x "
+        print(f"headline: {mine_keys[0]} / naive at c={top}: {batched['tok_s'] / results['naive'][top]['tok_s']:.2f}x "
               "output tokens/s")
 
 
