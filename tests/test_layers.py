@@ -72,3 +72,8 @@ def test_the_serving_stack_imports_no_other_house():
 
 def test_the_teaching_helpers_use_only_the_serving_stack():
     assert all(others <= {"serving"} for others in houses_imported_by("teach").values()), houses_imported_by("teach")
+
+
+def test_the_load_tester_imports_no_other_house():
+    """``corolab bench`` speaks only the wire, so it measures corolab and its peers alike."""
+    assert houses_imported_by("bench") == {}
