@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import http.server
 import re
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ import pytest
 
 from corolab.serving.server.page import HEADERS, page_html
 from corolab.teach.background import BackgroundServer
+from headless import chromium_missing, start_chromium
 
 STEP = 0.05                               # seconds per fake model step: --model fake:0.05
 LONG = "Tell me everything about the sea. " * 10   # the fake model echoes it: far more than the 256-token default
@@ -58,13 +58,6 @@ def test_the_server_serves_the_page_at_the_root() -> None:
 
 # -- a real browser -------------------------------------------------------------------------------------------
 
-def _chromium_missing() -> str | None:
-    for tool in ("chromium", "chromedriver"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian packages chromium, chromium-driver; .ci/run installs them)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[BackgroundServer]:
     with BackgroundServer(model=f"fake:{STEP}") as running:
@@ -73,21 +66,10 @@ def server() -> Iterator[BackgroundServer]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
-    reason = _chromium_missing()
+    reason = chromium_missing()
     if reason:
         pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1000,800"):
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    driver.set_page_load_timeout(60)
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"), window="1000,800")
     try:
         yield driver
     finally:

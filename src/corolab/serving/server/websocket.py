@@ -228,7 +228,10 @@ async def _answer(websocket: WebSocket, state: ServerState, protocol: Protocol, 
         state.metrics.count(protocol.endpoint, api.status)
         await websocket.send_text(protocol.error(api.status, api.message, api.code or "engine_error"))
         return
-    except (WebSocketDisconnect, asyncio.CancelledError):
+    except WebSocketDisconnect:  # a send found the client gone before the handler saw it leave: the same 499
+        state.metrics.count(protocol.endpoint, 499)
+        raise
+    except asyncio.CancelledError:  # the handler saw the client leave first and counted the 499 itself
         raise
     except Exception:  # a bug must not kill the connection silently, nor leak its details to the client
         log.exception("websocket reply failed")
