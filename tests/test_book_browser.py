@@ -7,16 +7,13 @@ reader sees, not what Sphinx wrote to disk.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from headless import chromium_missing, start_chromium
+from headless import chromium_missing, serve_folder, start_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
@@ -39,20 +36,8 @@ def site() -> Iterator[str]:
         if os.environ.get("CI") and "not built" in reason:
             pytest.fail(reason)
         pytest.skip(reason)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HTML))
-
-    class QuietHandler(handler.func):  # type: ignore[misc,name-defined]
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(HTML)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_folder(HTML) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

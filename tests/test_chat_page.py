@@ -17,10 +17,7 @@ The browser tests skip, naming what is missing, only where ``chromium`` or ``chr
 
 from __future__ import annotations
 
-import functools
-import http.server
 import re
-import threading
 import time
 from collections.abc import Iterator
 
@@ -29,7 +26,7 @@ import pytest
 
 from corolab.serving.server.page import HEADERS, page_html
 from corolab.teach.background import BackgroundServer
-from headless import chromium_missing, start_chromium
+from headless import chromium_missing, serve_folder, start_chromium
 
 STEP = 0.05                               # seconds per fake model step: --model fake:0.05
 LONG = "Tell me everything about the sea. " * 10   # the fake model echoes it: far more than the 256-token default
@@ -185,19 +182,8 @@ def elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The same page served by another origin (a plain static file server on its own port)."""
     folder = tmp_path_factory.mktemp("elsewhere")
     (folder / "chat.html").write_text(page_html(), encoding="utf-8")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=static.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{static.server_address[1]}"
-    finally:
-        static.shutdown()
-        static.server_close()
+    with serve_folder(folder) as url:
+        yield url
 
 
 def _point_at(driver, url: str) -> None:
