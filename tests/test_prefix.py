@@ -38,7 +38,7 @@ def test_common_prefix_length():
 
 def test_a_group_computes_its_shared_opening_once_and_every_row_gets_it():
     s, calls = store()
-    prompts = [SYSTEM + [1, 2], SYSTEM + [3], SYSTEM + [4, 5, 6]]
+    prompts = [SYSTEM + [1, 2], SYSTEM + [3, 3], SYSTEM + [4, 5, 6]]
     n, kv = s.lookup(prompts)
     assert n == len(SYSTEM) and calls == [SYSTEM]
     assert kv[0][0].flatten().tolist() == SYSTEM and kv[1][1].flatten().tolist() == [-t for t in SYSTEM]
@@ -47,24 +47,24 @@ def test_a_group_computes_its_shared_opening_once_and_every_row_gets_it():
 
 def test_later_prompts_reuse_the_stored_opening_without_recomputing():
     s, calls = store()
-    s.lookup([SYSTEM + [1], SYSTEM + [2]])
+    s.lookup([SYSTEM + [1, 1], SYSTEM + [2, 2]])
     n, kv = s.lookup([SYSTEM[:4] + [9, 9, 9]])          # shares only part of it: that part is reused
     assert n == 4 and kv[0][0].flatten().tolist() == SYSTEM[:4]
     n, _ = s.lookup([SYSTEM + [7, 8]])
     assert n == len(SYSTEM) and len(calls) == 1
 
 
-def test_every_prompt_keeps_its_last_token_to_prefill():
+def test_every_prompt_keeps_its_last_two_tokens_to_prefill():
     s, _ = store()
     n, _ = s.lookup([SYSTEM, SYSTEM + [1]])               # one prompt is exactly the shared part
-    assert n == len(SYSTEM) - 1
+    assert n == len(SYSTEM) - 2
 
 
 def test_a_group_with_a_longer_shared_opening_replaces_the_store():
     s, calls = store()
-    s.lookup([SYSTEM + [1], SYSTEM + [2]])
+    s.lookup([SYSTEM + [1, 1], SYSTEM + [2, 2]])
     longer = SYSTEM + [50, 51, 52]
-    n, _ = s.lookup([longer + [1], longer + [2]])
+    n, _ = s.lookup([longer + [1, 1], longer + [2, 2]])
     assert n == len(longer) and calls[-1] == longer
 
 
@@ -110,3 +110,17 @@ def test_reusing_the_shared_opening_generates_exactly_the_same_tokens(smol):
     n = min(len(v) for v in with_reuse.values())
     assert n > 15
     assert {k: v[:n] for k, v in with_reuse.items()} == {k: v[:n] for k, v in without.items()}
+
+
+@pytest.mark.model
+def test_a_prefix_computed_alone_has_the_keys_and_values_of_the_whole_prompt_bit_for_bit(smol):
+    """The reason reuse is exact: the keys and values of the first tokens do not depend on how many tokens
+    follow them in the same prefill (prefill attention pads its keys to whole blocks, llama_forward)."""
+    from corolab.bench.dataset import synthetic_prompts
+
+    prompt = smol.encode_chat(synthetic_prompts(1, prompt_tokens=40, seed=5)[0].messages())
+    whole = smol._prefix_kv(prompt)
+    for cut in (5, 17, 24, len(prompt) - 1):
+        alone = smol._prefix_kv(prompt[:cut])
+        for layer, ((k1, v1), (k2, v2)) in enumerate(zip(alone, whole)):
+            assert torch.equal(k1, k2[:, :, :cut]) and torch.equal(v1, v2[:, :, :cut]), (cut, layer)

@@ -38,11 +38,13 @@ class PrefixStore:
     def lookup(self, prompts: Sequence[Sequence[int]]) -> tuple[int, KV]:
         """How many leading tokens of every prompt can be served from the store, and their keys/values.
 
-        Every prompt keeps at least its last token to prefill (its logits give the first new token). The
+        Every prompt keeps at least its last two tokens to prefill: the last one's logits give the first new
+        token, and with two the forward pass takes the prefill path, whose sums match the prompt prefilled
+        whole (one token alone would take the decoding path, which rounds differently). The
         store is replaced when nothing useful is in it, or when a group of prompts shares a longer opening
         than the stored one: computing it once at batch 1 then saves that many tokens in every row.
         """
-        limit = min(len(p) for p in prompts) - 1
+        limit = min(len(p) for p in prompts) - 2
         shared = limit
         for p in prompts[1:]:
             shared = min(shared, common_prefix_length(prompts[0], p))

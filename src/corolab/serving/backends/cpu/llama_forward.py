@@ -32,6 +32,10 @@ import torch.nn.functional as F
 
 from corolab.serving.backends.cpu.quantize import FusedPart, Int8Linear
 
+# Prefill attention pads its keys and queries to blocks of this many: a multiple of every vector width and of
+# SDPA's query blocks below 768 queries, so no sum has a tail and no query a block that depend on the prompt.
+_BLOCK = 64
+
 
 def supports(model: torch.nn.Module) -> bool:
     """Llama's layer shape, a RoPE whose frequencies are fixed at load (not "dynamic" scaling, which changes
@@ -134,9 +138,18 @@ class LlamaForward:
         for row, (columns, fresh, causal) in enumerate(plan):
             if fresh == 0:
                 continue
+            # Keys and queries padded to whole blocks (the padding keys masked out, the padding queries
+            # discarded): a query then gets the same sums whether the prompt is prefilled whole, after a reused
+            # prefix or in chunks. Unpadded, SDPA sums 24 keys with a scalar tail and 54 in whole vectors, and
+            # splits 25 queries into other blocks than 190, and the rounding differs
+            # (tests/test_prefix.py, tests/test_engines.py: the chunked and the reused prompt).
+            pad, extra = -len(columns) % _BLOCK, -fresh % _BLOCK
+            queries = F.pad(q[row:row + 1, :, -fresh:], (0, 0, extra, 0))
+            mask = F.pad(F.pad(causal, (0, pad), value=False), (0, 0, extra, 0), value=True)
             out[row:row + 1, :, -fresh:] = F.scaled_dot_product_attention(
-                q[row:row + 1, :, -fresh:], keys[row:row + 1].index_select(2, columns),
-                values[row:row + 1].index_select(2, columns), attn_mask=causal, enable_gqa=gqa)
+                queries, F.pad(keys[row:row + 1].index_select(2, columns), (0, 0, 0, pad)),
+                F.pad(values[row:row + 1].index_select(2, columns), (0, 0, 0, pad)),
+                attn_mask=mask, enable_gqa=gqa)[:, :, extra:]
         return out
 
     def _linear(self, layer: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
