@@ -17,11 +17,16 @@ from docutils import nodes
 from sphinx.transforms.post_transforms import SphinxPostTransform
 
 
+# A solution's title in each edition: the Chinese catalogues translate "Solution N" as "参考答案 N"
+# (book/glossary.md), and this transform runs after the translation.
+SOLUTION_TITLES = ("Solution", "参考答案")
+
+
 def _is_solution_dropdown(node: nodes.Node) -> bool:
     if not isinstance(node, nodes.admonition) or "dropdown" not in node.get("classes", []):
         return False
     titles = [child for child in node.children if isinstance(child, nodes.title)]
-    return bool(titles) and titles[0].astext().strip().startswith("Solution")
+    return bool(titles) and titles[0].astext().strip().startswith(SOLUTION_TITLES)
 
 
 def _is_hidden_input_cell(node: nodes.Node) -> bool:
