@@ -16,3 +16,5 @@ export HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error
 # -W: any Sphinx warning fails the build; -n: broken references are warnings too.
 jupyter-book build . -W -n --keep-going
 echo "corolab: book built in $(( $(date +%s) - start )) s. Open $(pwd)/_build/html/index.html"
+# The Chinese edition: the same pages with the prose from locale/zh_CN, outputs from this build's cache.
+bash scripts/build-zh.sh

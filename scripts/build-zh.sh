@@ -6,12 +6,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 start=$(date +%s)
-conf=$(bash scripts/sphinx-conf.sh)
+conf=_build/sphinx-conf-zh
+mkdir -p "$conf"
+cp "$(bash scripts/sphinx-conf.sh)/conf.py" "$conf/conf.py"
+cat >> "$conf/conf.py" <<'PY'
+
+# The Chinese edition (scripts/build-zh.sh). The theme's own strings come from its zh_CN catalogue; the search
+# box's placeholder is a theme option (Jupyter Book's "Search this book..."), so it is set here.
+language = "zh_CN"
+html_theme_options = {**html_theme_options, "search_bar_text": "搜索本书……"}
+PY
 log=_build/zh-build.log
 # Built beside the English tree, then copied into it: MyST-NB writes each page's executed notebook next to
 # the output folder (_build/zh/jupyter_execute), which must not land inside the published English tree.
 # -W: a translation that breaks a reference or a role is a warning, and any warning fails the build.
-if ! sphinx-build -b html -c "$conf" -d _build/.doctrees-zh -D language=zh_CN -W -n --keep-going \
+# -E: every page is read afresh (a minute), so the log shows where each notebook's outputs came from.
+if ! sphinx-build -b html -c "$conf" -d _build/.doctrees-zh -E -W -n --keep-going \
     . _build/zh/html > "$log" 2>&1; then
   tail -40 "$log"
   echo "corolab: the Chinese edition failed to build; the whole log is in $log"

@@ -1,4 +1,5 @@
-"""A real browser reads the built book: executed output, search, and next-chapter navigation.
+"""A real browser reads the built book: executed output, search, next-chapter navigation, and the Chinese
+edition (its headings, its search, and the switch between the two editions).
 
 The book is built by ``scripts/build-book.sh`` (``scripts/test.sh`` does it before pytest). This test
 serves ``_build/html`` on 127.0.0.1 and drives headless Chromium through it, because what matters is what a
@@ -88,3 +89,37 @@ def test_next_link_navigates_to_the_next_chapter(browser, site: str) -> None:
     browser.execute_script("arguments[0].click();", nxt)
     _wait(browser, lambda d: d.current_url.endswith(SECOND_CHAPTER))
     assert browser.find_elements("css selector", "h1")
+
+
+def _click(browser, css: str) -> None:
+    element = browser.find_element("css selector", css)
+    browser.execute_script("arguments[0].scrollIntoView();", element)
+    browser.execute_script("arguments[0].click();", element)
+
+
+def _heading(browser) -> str:
+    return _wait(browser, lambda d: d.find_element("css selector", "article h1").text.strip() or False)
+
+
+def test_a_chinese_page_switches_to_english_and_back(browser, site: str) -> None:
+    browser.get(f"{site}/zh/{FIRST_CHAPTER}")
+    heading = _heading(browser)
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in heading), heading
+    _click(browser, "p.edition-switch a")
+    _wait(browser, lambda d: d.current_url == f"{site}/{FIRST_CHAPTER}")
+    assert "iteration" in _heading(browser).lower()
+    _click(browser, "p.edition-switch a")
+    _wait(browser, lambda d: d.current_url == f"{site}/zh/{FIRST_CHAPTER}")
+    assert _heading(browser) == heading
+
+
+def test_chinese_search_finds_a_chapter(browser, site: str) -> None:
+    browser.get(f"{site}/zh/search.html?q=生成器")
+
+    def results(driver):
+        items = driver.find_elements("css selector", "#search-results li, ul.search li")
+        return items or False
+
+    items = _wait(browser, results)
+    links = [i.find_element("tag name", "a").get_attribute("href") for i in items]
+    assert any("/zh/book/part1-generators" in href for href in links), links

@@ -67,12 +67,12 @@ class Tree(HTMLParser):
 
 
 def solutions(html: str) -> list[tuple[Element, Element | None]]:
-    """Each Solution dropdown on the page, with the element right after it."""
+    """Each Solution dropdown on the page (参考答案 in the Chinese edition), with the element right after it."""
     found = []
     for element in Tree(html).root.walk():
         if element.tag == "div" and {"dropdown", "admonition"} <= element.classes:
             title = next((c for c in element.children if "admonition-title" in c.classes), None)
-            if title is not None and title.all_text().strip().startswith("Solution"):
+            if title is not None and title.all_text().strip().startswith(("Solution", "参考答案")):
                 siblings = element.parent.children
                 after = siblings[siblings.index(element) + 1:]
                 found.append((element, after[0] if after else None))
