@@ -56,6 +56,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--self-test", action="store_true",
                    help="measure the tester's own ceiling against an in-process instant server")
+    p.add_argument("--locust-workers", type=int, metavar="N",
+                   help="run as a Locust master and N worker processes on 127.0.0.1 (one --concurrency, "
+                        "shared by the workers); needs pip install 'corolab[locust]'")
     p.set_defaults(func=run)
     return p
 
@@ -83,7 +86,11 @@ def run(args) -> int:
     from .runner import run_bench_sync, self_test
 
     config = config_from_args(args)
-    if args.self_test:
+    if args.locust_workers is not None:
+        result = _run_locust(config, args)
+        if result is None:
+            return 2
+    elif args.self_test:
         if args.concurrency is None and args.rate is None:
             config.concurrency = 64
         if args.requests is None and args.duration is None:
@@ -97,9 +104,11 @@ def run(args) -> int:
         except DatasetError as exc:
             print(f"corolab bench: {exc}", file=sys.stderr)
             return 2
-    print(result.table())
+    if args.locust_workers is None:  # the Locust master has printed the report already
+        print(result.table())
     if args.json_path:
-        result.to_json(args.json_path)
+        if args.locust_workers is None:  # the Locust master wrote it
+            result.to_json(args.json_path)
         print(f"wrote {args.json_path}")
     if args.csv_path:
         result.to_csv(args.csv_path)
@@ -113,3 +122,17 @@ def run(args) -> int:
         print("interrupted: the numbers above cover only what finished", file=sys.stderr)
         return 130
     return 0 if all(r.summary["completed"] for r in result.runs) else 1
+
+
+def _run_locust(config, args):
+    """``--locust-workers N``: the same run, spread over Locust worker processes; None after an error
+    that stopped it before it began (printed)."""
+    from .dataset import DatasetError, prompts_for
+    from .locust_launch import LocustError, run_locust
+
+    try:
+        prompts_for(config)  # a bad dataset is one clear error here, not one per worker
+        return run_locust(config, args.locust_workers, json_path=args.json_path)
+    except (DatasetError, LocustError, ValueError) as exc:
+        print(f"corolab bench: {exc}", file=sys.stderr)
+        return None

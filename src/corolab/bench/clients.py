@@ -34,7 +34,7 @@ def chat_body(config: BenchConfig, prompt: Prompt, *, stream: bool) -> dict:
     return body
 
 
-def _headers(config: BenchConfig, *, stream: bool) -> dict[str, str]:
+def request_headers(config: BenchConfig, *, stream: bool) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
     if key := config.resolved_api_key():
         headers["Authorization"] = f"Bearer {key}"
@@ -56,7 +56,7 @@ class HttpChatClient:
     def __init__(self, config: BenchConfig, pool_size: int):
         self.config = config
         self.stream = config.mode == "stream"
-        self.headers = _headers(config, stream=self.stream)
+        self.headers = request_headers(config, stream=self.stream)
         if config.transport == "httpx":
             from .httpx_pool import HttpxPool
 
@@ -80,11 +80,7 @@ class HttpChatClient:
                         await self._read_sse(response, rec)
                     else:
                         raw = await response.read()
-                        t = clock()
-                        obj = json.loads(raw)
-                        rec.add_content(t, _chunk_text(obj))
-                        rec.set_usage(obj.get("usage"))
-                        rec.finish(t)
+                        read_json_reply(raw, rec, clock())
                 finally:
                     await response.aclose()
         except TimeoutError:
@@ -98,38 +94,11 @@ class HttpChatClient:
         return rec
 
     async def _read_sse(self, response, rec: RequestRecord) -> None:
-        clock = self.config.clock
-        buffer = b""
-        finished = done = False
+        reader = SseReader(rec, self.config.clock)
         async for data in response.iter_bytes():
-            buffer += data
-            while True:
-                cut = _event_end(buffer)
-                if cut is None:
-                    break
-                event, buffer = buffer[: cut[0]], buffer[cut[1] :]
-                payload = b"\n".join(
-                    line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:")
-                )
-                if not payload:
-                    continue  # comments and keep-alives carry no data
-                t = clock()
-                rec.end = t
-                if payload == b"[DONE]":
-                    done = True
-                    continue
-                obj = json.loads(payload)
-                if "error" in obj and not obj.get("choices"):
-                    err = obj["error"]
-                    rec.fail(STREAM_ERROR, str(err.get("message", err) if isinstance(err, dict) else err))
-                    return
-                rec.add_content(t, _chunk_text(obj))
-                rec.set_usage(obj.get("usage"))
-                if any(c.get("finish_reason") for c in obj.get("choices") or ()):
-                    finished = True
-        if not (done or finished):
-            raise BrokenStream("stream ended without [DONE] or a finish_reason")
-        rec.finish(rec.end if rec.end is not None else clock())
+            if reader.feed(data):
+                return
+        reader.close()
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -139,6 +108,59 @@ def _event_end(buffer: bytes) -> tuple[int, int] | None:
     """Where the first SSE event in ``buffer`` ends: (end of event, start of the rest)."""
     found = [(i, i + len(sep)) for sep in (b"\n\n", b"\r\n\r\n") if (i := buffer.find(sep)) >= 0]
     return min(found) if found else None
+
+
+def read_json_reply(raw: bytes, rec: RequestRecord, t: float) -> None:
+    """A whole (non-streamed) reply, read at ``t``: its text, its usage, and the record's end."""
+    obj = json.loads(raw)
+    rec.add_content(t, _chunk_text(obj))
+    rec.set_usage(obj.get("usage"))
+    rec.finish(t)
+
+
+class SseReader:
+    """What an SSE stream means for a record, fed the body's bytes as they arrive.
+
+    The one place that decides when an event is timed (once per event that carries data), what counts
+    as content, and how a stream must end; the asyncio client and the load generator that runs under
+    Locust (``sync_client``) both feed it, so their TTFT, ITL and TPOT mean the same thing.
+    """
+
+    def __init__(self, rec: RequestRecord, clock) -> None:
+        self.rec, self.clock = rec, clock
+        self.buffer = b""
+        self.finished = self.done = False
+
+    def feed(self, data: bytes) -> bool:
+        """Take the next bytes of the body; True when the server reported an error (stop reading)."""
+        self.buffer += data
+        rec = self.rec
+        while (cut := _event_end(self.buffer)) is not None:
+            event, self.buffer = self.buffer[: cut[0]], self.buffer[cut[1] :]
+            payload = b"\n".join(line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:"))
+            if not payload:
+                continue  # comments and keep-alives carry no data
+            t = self.clock()
+            rec.end = t
+            if payload == b"[DONE]":
+                self.done = True
+                continue
+            obj = json.loads(payload)
+            if "error" in obj and not obj.get("choices"):
+                err = obj["error"]
+                rec.fail(STREAM_ERROR, str(err.get("message", err) if isinstance(err, dict) else err))
+                return True
+            rec.add_content(t, _chunk_text(obj))
+            rec.set_usage(obj.get("usage"))
+            if any(c.get("finish_reason") for c in obj.get("choices") or ()):
+                self.finished = True
+        return False
+
+    def close(self) -> None:
+        """The body ended: finish the record, or raise BrokenStream if the stream never said it was done."""
+        if not (self.done or self.finished):
+            raise BrokenStream("stream ended without [DONE] or a finish_reason")
+        self.rec.finish(self.rec.end if self.rec.end is not None else self.clock())
 
 
 class WsChatClient:

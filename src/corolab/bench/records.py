@@ -35,6 +35,7 @@ class RequestRecord:
     usage_from_server: bool = False
     error: str | None = None
     detail: str = ""
+    worker: int | None = None  # which load generator sent it (a Locust worker's index); None: this process
 
     @property
     def ok(self) -> bool:
