@@ -50,6 +50,15 @@ def kept_parts(text: str) -> Counter:
     return parts
 
 
+AFTER_PUNCTUATION = re.compile(r"[，。：；！？、）”」](\*\*?)(?=[^\s，。：；！？、（）“”*])")
+
+
+def _unclosed_emphasis(text: str) -> bool:
+    """Whether a closing ``*``/``**`` follows full-width punctuation and precedes text: "**时长。**是" renders
+    the asterisks, because such a delimiter is not right-flanking."""
+    return any(text[:m.start(1)].count(m.group(1)) % 2 == 1 for m in AFTER_PUNCTUATION.finditer(text))
+
+
 def problems(path: Path) -> list[str]:
     """Every way ``path`` falls short: untranslated, fuzzy, or a kept part missing or changed."""
     with open(path, "rb") as f:
@@ -70,6 +79,10 @@ def problems(path: Path) -> list[str]:
             # alone, where "1. " starts a list: Sphinx then keeps the English title. "1\\. " stays text.
             found.append(f"{path}: {short!r}: starts with a list marker; write it as "
                          f"{message.string.split(' ', 1)[0][:-1]}\\{message.string.split(' ', 1)[0][-1]} ...")
+            continue
+        if _unclosed_emphasis(message.string):
+            found.append(f"{path}: {short!r}: a closing * or ** right after full-width punctuation and before "
+                         f"text does not close (CommonMark): put the punctuation after it, **粗体**。")
             continue
         want, got = kept_parts(message.id), kept_parts(message.string)
         if want != got:

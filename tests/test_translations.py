@@ -90,11 +90,13 @@ def test_the_check_catches_a_changed_code_span_and_a_fuzzy_message(tmp_path):
                   'msgstr "先调用 `send()`，见{doc}`实验 <../labs/index>`。"\n\n'
                   '#, fuzzy\nmsgid "Old text."\nmsgstr "旧文本。"\n\n'
                   'msgid "Untranslated."\nmsgstr ""\n\n'
-                  'msgid "1. Blocking the loop"\nmsgstr "1. 阻塞事件循环"\n', encoding="utf-8")
+                  'msgid "1. Blocking the loop"\nmsgstr "1. 阻塞事件循环"\n\n'
+                  'msgid "**Duration.** Hours."\nmsgstr "**时长。**几小时。"\n\n'
+                  'msgid "**Duration.** Hours, *here*."\nmsgstr "**时长**。几小时，*这里*。"\n', encoding="utf-8")
     found = translations.problems(po)
-    assert len(found) == 4
+    assert len(found) == 5
     assert "send(None)" in found[0] and "fuzzy" in found[1] and "not translated" in found[2]
-    assert "list marker" in found[3]
+    assert "list marker" in found[3] and "does not close" in found[4]
 
 
 # --- the built Chinese edition ------------------------------------------------------------------------------
