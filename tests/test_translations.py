@@ -157,6 +157,18 @@ def test_the_theme_speaks_chinese_and_search_knows_chinese_words():
     assert not english, f"titles left in English (a translation Sphinx could not use?): {english[:5]}"
 
 
+def test_the_sidebar_names_the_parts_in_chinese():
+    from bs4 import BeautifulSoup
+
+    _built()
+    page = ZH / "book" / "part2-classic-coroutines" / "05-scheduler.html"
+    soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+    captions = [c.get_text(strip=True) for c in soup.select("nav p.caption, nav .caption-text")]
+    assert captions, "no part captions in the sidebar"
+    assert not [c for c in captions if c.startswith("Part ")], captions
+    assert any(c.startswith("第一部分") for c in captions), captions
+
+
 def test_solutions_fold_in_chinese_as_in_english():
     from test_fold_solutions import check_page
 
