@@ -23,7 +23,7 @@ The last line is the headline: batched / naive tokens/s at the highest concurren
     python benchmarks/bench_serving.py --concurrency 1,8 --requests 8 --servers naive,batched   # quick look
     python benchmarks/bench_serving.py --dtype bfloat16 --servers naive,batched,transformers-cb
     python benchmarks/bench_serving.py --servers vllm --concurrency 1,4 --requests 4 --max-tokens 16 --no-fake-ceiling
-    python benchmarks/bench_serving.py --servers batched,vllm --concurrency 32,64,128 --batch-limits 32,64,128
+    python benchmarks/bench_serving.py --servers batched,vllm --concurrency 32,64,128 --batch-limits 32,64,128 --timeout 300
 
 ``--dtype`` is passed to every server alike (ours and `transformers serve`): float32 is what ``auto`` picks
 on a CPU; bfloat16 runs much faster on CPUs with native bf16 dot products (AVX512-BF16, AMX). vLLM gets the
@@ -208,8 +208,11 @@ async def fake_ceiling() -> float:
 
 
 async def measure(url: str, model: str, levels: list[int], requests: int, max_tokens: int,
-                  pid: int | None = None) -> dict[int, dict]:
+                  pid: int | None = None, timeout: float | None = None) -> dict[int, dict]:
     out = {}
+    # --timeout: a request's limit, first byte to last (BenchConfig's default when not given). A server that
+    # queues 128 users behind a small batch needs more than the default to finish them.
+    limit = {} if timeout is None else {"timeout": timeout}
     for c in levels:
         # Warm-up, not measured: one short request per user at this concurrency, so the first batch of this
         # shape (kernels picked, buffers grown) is not charged to the measured requests. Same for every server.
@@ -218,12 +221,12 @@ async def measure(url: str, model: str, levels: list[int], requests: int, max_to
         # a repeated 59-token prompt ran 1 token of prefill). Every server may still reuse the shared chat
         # template opening, as corolab's prefix store does.
         await run_bench(BenchConfig(url=url, model=model, concurrency=c, requests=c, max_tokens=4, prompt_tokens=32,
-                                    seed=WARMUP_SEED + c, progress=False))
+                                    seed=WARMUP_SEED + c, progress=False, **limit))
         before, started = (thread_cpu(pid) if pid else {}), time.perf_counter()
         peak = PeakRSS(pid) if pid else None
         result = await run_bench(BenchConfig(url=url, model=model, concurrency=c, requests=max(requests, c),
                                              max_tokens=max_tokens, prompt_tokens=32, temperature=0.0,
-                                             seed=c, progress=False))
+                                             seed=c, progress=False, **limit))
         seconds = time.perf_counter() - started
         s = result.runs[0].summary
         out[c] = {"tok_s": s["output_throughput"], "ttft_p50": s["ttft"]["median"], "ttft_p99": s["ttft"]["p99"],
@@ -268,6 +271,8 @@ async def main() -> None:
                              "vLLM's own binding (one core kept for its scheduler)")
     parser.add_argument("--vllm-kv-gib", type=int, default=4, help="VLLM_CPU_KVCACHE_SPACE in GiB (default 4)")
     parser.add_argument("--no-fake-ceiling", action="store_true", help="skip the fake-model serving ceiling")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds a request may take, first byte to last (default: corolab bench's)")
     args = parser.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -298,7 +303,7 @@ async def main() -> None:
                     "--quantize", args.quantize, "--attention", args.attention, "--device", args.device,
                     *extra]) as server:
                 results[key] = await measure(server.url, embedded.MODEL_ID, levels, args.requests,
-                                             args.max_tokens, pid=server.process.pid)
+                                             args.max_tokens, pid=server.process.pid, timeout=args.timeout)
     peer_dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
     for key, continuous in (("transformers", False), ("transformers-cb", True)):
         if key not in servers:
@@ -309,7 +314,8 @@ async def main() -> None:
             continue
         print(name, flush=True)
         with transformers_server(model_dir, continuous, peer_dtype, args.device) as (url, pid):
-            results[name] = await measure(url, model_dir, levels, args.requests, args.max_tokens, pid=pid)
+            results[name] = await measure(url, model_dir, levels, args.requests, args.max_tokens, pid=pid,
+                                          timeout=args.timeout)
     if "llama-server" in servers:
         binary = llama_server_binary()
         threads = args.threads or psutil.cpu_count()
@@ -321,7 +327,7 @@ async def main() -> None:
             print(name, flush=True)
             with llama_server(binary, embedded.gguf_path(), max(levels), threads) as (url, pid):
                 results[name] = await measure(url, embedded.MODEL_ID, levels, args.requests, args.max_tokens,
-                                              pid=pid)
+                                              pid=pid, timeout=args.timeout)
     if "vllm" in servers:
         version = vllm_version()
         if version is None:
@@ -335,7 +341,7 @@ async def main() -> None:
             with vllm_server(model_dir, embedded.MODEL_ID, dtype, max(levels), args.vllm_bind,
                              args.vllm_kv_gib) as (url, pid):
                 results[name] = await measure(url, embedded.MODEL_ID, levels, args.requests, args.max_tokens,
-                                              pid=pid)
+                                              pid=pid, timeout=args.timeout)
 
     top = max(levels)
     print("\noutput tokens/s (TTFT p50 / p99 in ms); peak RSS during the top level")
