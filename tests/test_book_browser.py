@@ -70,15 +70,19 @@ def test_chapter_shows_executed_cell_output(browser, site: str) -> None:
     assert shown, "no executed cell output is visible on the chapter page"
 
 
-def test_search_finds_a_chapter(browser, site: str) -> None:
-    browser.get(f"{site}/search.html?q=StopIteration")
+def _search(browser, url: str) -> list[str]:
+    """The result links the search page lists for the query in ``url``, once it has listed some."""
+    browser.get(url)
 
     def results(driver):
         items = driver.find_elements("css selector", "#search-results li, ul.search li")
         return items or False
 
-    items = _wait(browser, results)
-    links = [i.find_element("tag name", "a").get_attribute("href") for i in items]
+    return [i.find_element("tag name", "a").get_attribute("href") for i in _wait(browser, results)]
+
+
+def test_search_finds_a_chapter(browser, site: str) -> None:
+    links = _search(browser, f"{site}/search.html?q=StopIteration")
     assert any("part1-generators" in href for href in links), links
 
 
@@ -114,12 +118,5 @@ def test_a_chinese_page_switches_to_english_and_back(browser, site: str) -> None
 
 
 def test_chinese_search_finds_a_chapter(browser, site: str) -> None:
-    browser.get(f"{site}/zh/search.html?q=生成器")
-
-    def results(driver):
-        items = driver.find_elements("css selector", "#search-results li, ul.search li")
-        return items or False
-
-    items = _wait(browser, results)
-    links = [i.find_element("tag name", "a").get_attribute("href") for i in items]
+    links = _search(browser, f"{site}/zh/search.html?q=生成器")
     assert any("/zh/book/part1-generators" in href for href in links), links
