@@ -123,6 +123,29 @@ async def test_client_disconnect_closes_the_engine_iterator_at_once() -> None:
         assert engine.log == [("start", 1), ("first", 1), ("closed", 1)]
 
 
+async def test_a_stream_the_client_left_counts_as_499_not_200() -> None:
+    engine = ScriptedEngine(gate=asyncio.Event())
+    app = create_app(engine)
+    metrics = app.state.corolab.metrics
+
+    def count(status: str) -> float:
+        return metrics.sample("corolab_http_requests_total", endpoint="chat", status=status)
+
+    async with running_server(app) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            async with http.stream("POST", "/v1/chat/completions", json={**HELLO, "stream": True}) as reply:
+                assert reply.status_code == 200
+                async for line in reply.aiter_lines():
+                    if "ech" in line:
+                        break                     # the client hangs up while the reply is held open
+            await wait_for(lambda: count("499") == 1)
+            engine.gate.set()  # type: ignore[union-attr]
+            whole = await post(base, {**HELLO, "stream": True})  # a stream read to its end stays a 200
+            assert whole.text.rstrip().endswith("data: [DONE]")
+        await wait_for(lambda: count("200") == 1)
+    assert count("499") == 1 and count("200") == 1
+
+
 async def test_failure_mid_stream_ends_with_an_error_event_then_done() -> None:
     engine = ScriptedEngine(fail_midway=EngineError("kaboom at /srv/secret.py"))
     async with running_server(create_app(engine)) as base:

@@ -97,7 +97,9 @@ class Metrics:
 class StatusCounter:
     """ASGI middleware: count every HTTP response by endpoint and status, errors from any layer included
     (a 400 from validation, a 401 from the key check, a 404 for a model or a path, a 499 for a client that
-    left). An exception that escapes the app counts as the 500 the client then gets."""
+    left). An exception that escapes the app counts as the 500 the client then gets. A stream the client
+    left before its last event counts as 499, not as the 200 its first line said: Starlette stops a
+    streaming response quietly when the client hangs up, so the only trace is a body that never ended."""
 
     def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -106,15 +108,19 @@ class StatusCounter:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        status, ended = 500, False
 
         async def record(message: dict) -> None:
-            nonlocal status
+            nonlocal status, ended
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                ended = True
             await send(message)
 
         try:
             await self.app(scope, receive, record)
-        finally:
+        except BaseException:
             self.metrics.count(ENDPOINTS.get(scope["path"], "other"), status)
+            raise
+        self.metrics.count(ENDPOINTS.get(scope["path"], "other"), status if ended else 499)
