@@ -110,3 +110,13 @@ def test_no_request_starves():
                 s.finish(e.key)
     waited = [joined_at[k] - k for k in joined_at]
     assert len(joined_at) >= 40 and max(waited) <= 20 and waited == sorted(waited)
+
+
+def test_plan_listeners_see_every_plan_as_returned():
+    s: Scheduler[str] = Scheduler(max_batch_size=8, max_waiting=8, prefill_budget=100)
+    seen: list = []
+    s.plan_listeners.append(seen.append)
+    s.add(entry(1, 150))
+    returned = [s.plan(), s.plan(), s.plan()]
+    assert seen == returned and [spans(p) for p in seen] == [[(1, 0, 100)], [(1, 100, 150)], []]
+    assert [len(p.decode) for p in seen] == [0, 1, 1]

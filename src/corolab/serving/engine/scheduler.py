@@ -20,6 +20,7 @@ The rules, in the order :meth:`Scheduler.plan` applies them:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
@@ -76,6 +77,9 @@ class Scheduler(Generic[T]):
         self.prefilling: list[Entry[T]] = []
         self.running: dict[int, Entry[T]] = {}
         self._withdrawn: list[Entry[T]] = []
+        # Called with every plan, on the thread that plans (the engine's worker, under its lock): for a reader
+        # or a test that wants to see what each step did (Part VI ch. 10 records them). Keep them quick.
+        self.plan_listeners: list[Callable[[StepPlan[T]], None]] = []
 
     def add(self, entry: Entry[T]) -> None:
         """Queue a request, or refuse it at once when the queue is full. Requests that the next step will
@@ -127,6 +131,8 @@ class Scheduler(Generic[T]):
             self.prefilling.append(entry)
             budget -= self._chunk(entry, budget, plan)
         plan.decode = list(self.running.values())
+        for listener in self.plan_listeners:
+            listener(plan)
         return plan
 
     def _chunk(self, entry: Entry[T], budget: int, plan: StepPlan[T]) -> int:
