@@ -25,12 +25,22 @@ SEED_REQUEST = {
 
 
 def alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (an orphan's zombie may wait for a lazy reaper)."""
+    """True while any thread of ``pid`` exists and is not a zombie (an orphan's zombie may wait for a lazy
+    reaper). Every thread counts, not the leader alone: after ``os._exit`` the leader can turn zombie while
+    a sibling thread is still exiting and still holds the process's sockets (seen once on a busy core: the
+    leader was gone, the port still taken)."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return state not in ("Z", "X")
+    for task in tasks:
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # this thread finished exiting while we looked
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def wait_until_gone(pid: int, timeout: float = 15.0) -> None:
