@@ -84,12 +84,13 @@ def _attention_inputs(rows: int, filled: int, heads: int = 4, kv_heads: int = 2,
     return qkv, cos, sin, keys, values
 
 
-def test_decode_attention_is_sdpa_over_each_rows_own_keys(ops):
+@pytest.mark.parametrize("d", [16, 64, 128])  # 64 and 128 take the eight-keys-at-once path on x86 with AVX2
+def test_decode_attention_is_sdpa_over_each_rows_own_keys(ops, d):
     """Rotary embedding on q and k, k and v written at the column given, then softmax attention over each row's
     last ``lengths[b]`` keys: torch's SDPA on the same tensors, to rounding."""
-    heads, kv_heads, d, start = 4, 2, 16, 9
-    qkv, cos, sin, keys, values = _attention_inputs(3, start + 1)
-    lengths = torch.tensor([10, 4, 1])
+    heads, kv_heads, start = 4, 2, 20
+    qkv, cos, sin, keys, values = _attention_inputs(3, start + 1, d=d)
+    lengths = torch.tensor([21, 9, 1])
     before = keys.clone()
     out = ops.attend_decode(qkv, cos, sin, keys, values, start, lengths, heads, kv_heads)
 
@@ -108,10 +109,11 @@ def test_decode_attention_is_sdpa_over_each_rows_own_keys(ops):
         assert torch.allclose(out[row].view(heads, d), want.view(heads, d), atol=1e-5), row
 
 
-def test_decode_attention_is_the_same_alone_in_a_batch_and_on_any_thread_count(ops):
+@pytest.mark.parametrize("d", [16, 64])
+def test_decode_attention_is_the_same_alone_in_a_batch_and_on_any_thread_count(ops, d):
     """A row padded into a wider batch (its keys at the right end, as the cache keeps them) gives exactly the
     numbers it gives alone; so do 1 and 2 threads."""
-    heads, kv_heads, d = 4, 2, 16
+    heads, kv_heads = 4, 2
     qkv, cos, sin, keys, values = _attention_inputs(4, 40, heads, kv_heads, d, seed=1)
     lengths = torch.tensor([40, 7, 23, 1])
     together = ops.attend_decode(qkv, cos, sin, keys.clone(), values.clone(), 39, lengths, heads, kv_heads)
@@ -128,6 +130,26 @@ def test_decode_attention_is_the_same_alone_in_a_batch_and_on_any_thread_count(o
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(single, together)
+
+
+@pytest.mark.parametrize("d", [16, 64, 128])
+def test_every_key_gets_the_same_score_whichever_path_computes_it(ops, d):
+    """Scores come eight keys at a time (d 64 or 128, AVX2) and the rest one by one; both must be dot's sum in
+    dot's order, or a key's weight would depend on where it falls. With 13 copies of one key (8 + 5) every
+    score equals the maximum, every weight is exp(0) = 1 exactly, and the output is the plain mean of the
+    values, summed in order in float32. One score a bit off and the weights are no longer all 1."""
+    heads, kv_heads, n = 8, 1, 13
+    for seed in range(5):
+        qkv, cos, sin, keys, values = _attention_inputs(1, n, heads, kv_heads, d, seed=seed)
+        ops.attend_decode(qkv, cos, sin, keys, values, n - 1, torch.tensor([n]), heads, kv_heads)  # key n-1
+        keys[:, :, :n] = keys[:, :, n - 1:n].clone()
+        out = ops.attend_decode(qkv, cos, sin, keys, values, n - 1, torch.tensor([n]), heads, kv_heads)
+        total = torch.zeros(d)
+        for t in range(n):
+            total = total + values[0, 0, t]
+        mean = total * (torch.tensor(1.0) / torch.tensor(float(n)))  # 1.0f / 13.0f, as the kernel
+        for h in range(heads):
+            assert torch.equal(out[0, h * d:(h + 1) * d], mean), (seed, h)
 
 
 def test_attention_refuses_a_full_cache_and_a_bad_length(ops):

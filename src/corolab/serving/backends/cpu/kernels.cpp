@@ -303,6 +303,89 @@ inline void rotate(const float* x, const float* cos, const float* sin, int64_t d
   }
 }
 
+#ifdef COROLAB_X86
+// Eight scores at once, each exactly dot(q, key) * scale: the same 16 lanes (lanes 0-7 in `lo`, 8-15 in `hi`)
+// summed over the same chunks in the same order, then the same tree over the lanes. Only the tree is done
+// differently: dot reduces each key's lanes inside one vector (a shuffle and an add per level, key after key);
+// here eight keys' lanes are transposed so that each level of the tree is one add for all eight. Measured in
+// RESULTS.md ("attention kernel"); tests/test_kernels.py checks it against dot bit for bit.
+template <int C>  // C = d / 16 chunks of 16 lanes
+__attribute__((target("avx2")))
+void scores8_avx2(const float* q, const float* k, int64_t kstride, float scale, float* out) {
+  __m256 u[8];
+  for (int key = 0; key < 8; ++key) {
+    const float* kp = k + key * kstride;
+    __m256 lo = _mm256_setzero_ps();
+    __m256 hi = _mm256_setzero_ps();
+    for (int c = 0; c < C; ++c) {
+      lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(q + 16 * c), _mm256_loadu_ps(kp + 16 * c)));
+      hi = _mm256_add_ps(hi, _mm256_mul_ps(_mm256_loadu_ps(q + 16 * c + 8), _mm256_loadu_ps(kp + 16 * c + 8)));
+    }
+    u[key] = _mm256_add_ps(lo, hi);  // tree level 8: lanes[j] += lanes[j + 8]
+  }
+  // Transpose: t[j] holds lane j of the eight keys.
+  const __m256 a0 = _mm256_unpacklo_ps(u[0], u[1]), a1 = _mm256_unpackhi_ps(u[0], u[1]);
+  const __m256 a2 = _mm256_unpacklo_ps(u[2], u[3]), a3 = _mm256_unpackhi_ps(u[2], u[3]);
+  const __m256 a4 = _mm256_unpacklo_ps(u[4], u[5]), a5 = _mm256_unpackhi_ps(u[4], u[5]);
+  const __m256 a6 = _mm256_unpacklo_ps(u[6], u[7]), a7 = _mm256_unpackhi_ps(u[6], u[7]);
+  const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
+  const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
+  const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
+  const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
+  const __m256 t0 = _mm256_permute2f128_ps(b0, b4, 0x20), t1 = _mm256_permute2f128_ps(b1, b5, 0x20);
+  const __m256 t2 = _mm256_permute2f128_ps(b2, b6, 0x20), t3 = _mm256_permute2f128_ps(b3, b7, 0x20);
+  const __m256 t4 = _mm256_permute2f128_ps(b0, b4, 0x31), t5 = _mm256_permute2f128_ps(b1, b5, 0x31);
+  const __m256 t6 = _mm256_permute2f128_ps(b2, b6, 0x31), t7 = _mm256_permute2f128_ps(b3, b7, 0x31);
+  const __m256 p0 = _mm256_add_ps(t0, t4), p1 = _mm256_add_ps(t1, t5);  // level 4
+  const __m256 p2 = _mm256_add_ps(t2, t6), p3 = _mm256_add_ps(t3, t7);
+  const __m256 q0 = _mm256_add_ps(p0, p2), q1 = _mm256_add_ps(p1, p3);  // level 2
+  _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_add_ps(q0, q1), _mm256_set1_ps(scale)));  // level 1, then * scale
+}
+
+bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#endif
+
+// The scores of one query against n keys: dot(q, key) * scale each.
+void scores(const float* q, const float* k, int64_t kstride, int64_t n, int64_t d, float scale, float* out) {
+  int64_t t = 0;
+#ifdef COROLAB_X86
+  if (has_avx2() && (d == 64 || d == 128)) {
+    for (; t + 8 <= n; t += 8) {
+      if (d == 64) scores8_avx2<4>(q, k + t * kstride, kstride, scale, out + t);
+      else scores8_avx2<8>(q, k + t * kstride, kstride, scale, out + t);
+    }
+  }
+#endif
+  for (; t < n; ++t) out[t] = dot(q, k + t * kstride, d) * scale;
+}
+
+// acc = sum over t of weights[t] * v[t], adding t in order; D known here so the sums stay in registers
+// (the generic loop kept them in memory: a load and a store per value per key).
+template <int D>
+void weigh_values(const float* weights, const float* v, int64_t vstride, int64_t n, float* acc) {
+  float a[D] = {};
+  for (int64_t t = 0; t < n; ++t) {
+    const float w = weights[t];
+    const float* value = v + t * vstride;
+    for (int i = 0; i < D; ++i) a[i] += w * value[i];
+  }
+  for (int i = 0; i < D; ++i) acc[i] = a[i];
+}
+
+void weigh_values(const float* weights, const float* v, int64_t vstride, int64_t n, int64_t d, float* acc) {
+  if (d == 64) return weigh_values<64>(weights, v, vstride, n, acc);
+  if (d == 128) return weigh_values<128>(weights, v, vstride, n, acc);
+  std::fill(acc, acc + d, 0.0f);
+  for (int64_t t = 0; t < n; ++t) {
+    const float w = weights[t];
+    const float* value = v + t * vstride;
+    for (int64_t i = 0; i < d; ++i) acc[i] += w * value[i];
+  }
+}
+
 // Softmax attention of one query over n keys: the scores, their maximum, exp(score - max) and the weighted
 // sum of the values, each in one fixed order (see dot). Not torch's SDPA: one call per (row, head) costs it
 // more in setting up than the arithmetic here, and its kernel splits the keys differently with the thread
@@ -310,23 +393,16 @@ inline void rotate(const float* x, const float* cos, const float* sin, int64_t d
 void attend_one(const float* q, const float* k, int64_t kstride, const float* v, int64_t vstride, int64_t n,
                 int64_t d, float scale, std::vector<float>& weights, float* out) {
   weights.resize(n);
+  scores(q, k, kstride, n, d, scale, weights.data());
   float top = -INFINITY;
-  for (int64_t t = 0; t < n; ++t) {
-    const float score = dot(q, k + t * kstride, d) * scale;
-    weights[t] = score;
-    top = score > top ? score : top;
-  }
+  for (int64_t t = 0; t < n; ++t) top = weights[t] > top ? weights[t] : top;
   float total = 0.0f;
   for (int64_t t = 0; t < n; ++t) {
     weights[t] = std::exp(weights[t] - top);
     total += weights[t];
   }
-  float acc[256] = {};
-  for (int64_t t = 0; t < n; ++t) {
-    const float w = weights[t];
-    const float* value = v + t * vstride;
-    for (int64_t i = 0; i < d; ++i) acc[i] += w * value[i];
-  }
+  float acc[256];
+  weigh_values(weights.data(), v, vstride, n, d, acc);
   const float inv = 1.0f / total;
   for (int64_t i = 0; i < d; ++i) out[i] = acc[i] * inv;
 }
