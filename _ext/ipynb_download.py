@@ -14,23 +14,29 @@ edition, which always does. So the outputs are merged in here from the same cach
 from __future__ import annotations
 
 from contextlib import suppress
+from functools import lru_cache
 from pathlib import Path
 
+import nbformat
 
-def executed_notebook(app, pagename: str):  # -> nbformat.NotebookNode | None
+
+@lru_cache(maxsize=None)
+def _execution_cache(path: str):  # -> jupyter_cache's cache, opened once per build, not once per page
+    from jupyter_cache import get_cache
+
+    return get_cache(path)
+
+
+def executed_notebook(app, pagename: str) -> nbformat.NotebookNode | None:
     """The page's notebook with its outputs, or None where MyST-NB wrote none."""
-    import nbformat
-
     written = Path(app.outdir).parent / "jupyter_execute" / f"{pagename}.ipynb"
     if not written.is_file():
         return None
     notebook = nbformat.read(written, as_version=4)
     config = getattr(app.env, "mystnb_config", None)
     if config is not None and config.execution_mode == "cache" and config.execution_cache_path:
-        from jupyter_cache import get_cache
-
         with suppress(KeyError):  # no matching record: the page was executed, and its notebook holds them
-            _, notebook = get_cache(config.execution_cache_path).merge_match_into_notebook(notebook)
+            _, notebook = _execution_cache(config.execution_cache_path).merge_match_into_notebook(notebook)
     return notebook
 
 
@@ -40,8 +46,6 @@ def offer_executed_notebook(app, pagename, templatename, context, doctree) -> No
     notebook = executed_notebook(app, pagename)
     if notebook is None:
         return  # MyST-NB wrote no notebook for this page
-    import nbformat
-
     target = Path(app.outdir) / "_sources" / f"{pagename}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, target)
