@@ -225,6 +225,36 @@ def test_the_cache_keeps_room_for_what_its_rows_can_still_generate(smol):
     assert layer._k.shape[-2] - batch._mask.shape[1] == max(64, batch._mask.shape[1])
 
 
+def test_no_row_gets_columns_it_cannot_use_beside_a_wider_one(smol):
+    """The batch's buffer is never wider than its widest prompt + max_tokens, the bound the scheduler admits by
+    (--kv-cache-gib). Before, a short prompt with a long reply joining a long prompt with a short one got the
+    long prompt's width plus its own reply as room."""
+    batch = smol.new_batch()
+    story = "Tell me a story about a lighthouse keeper and a storm at sea, in detail. " * 6
+    long_prompt = smol.encode_chat([{"role": "user", "content": story}])
+    short_prompt = smol.encode_chat([{"role": "user", "content": "Hi."}])
+    params = {1: SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True),
+              2: SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)}
+    batch.add_many([(1, long_prompt, params[1]), (2, short_prompt, params[2])])
+    bound = max(len(long_prompt) + 5, len(short_prompt) + 60)
+    assert len(long_prompt) > len(short_prompt) + 60  # the case: the long prompt sets the width
+    for step in range(10):
+        assert batch._cache.layers[0]._k.shape[-2] <= bound
+        if step == 4:
+            batch.remove(1)  # its 5 tokens are out
+            bound = len(short_prompt) + 60
+        batch.step()
+    assert batch._cache.layers[0]._k.shape[-2] <= bound  # alone, the short row's own bound
+
+
+def test_kv_bytes_per_token_is_what_a_cache_column_takes(smol):
+    batch = smol.new_batch()
+    batch.add_many([(1, smol.encode_chat([{"role": "user", "content": "Hi."}]), SamplingParams(max_tokens=2))])
+    column = sum(t.element_size() * t.shape[1] * t.shape[3]
+                 for layer in batch._cache.layers for t in (layer.keys, layer.values))
+    assert smol.info.kv_bytes_per_token == column == 46_080  # 30 layers x (k, v) x 3 heads x 64 x 4 bytes
+
+
 def test_the_thread_count_is_tuned_unless_fixed(smol):
     from corolab.serving.backends.cpu.torch_threads import ThreadTuner, cores, machine_idle_seconds
 

@@ -436,19 +436,21 @@ def test_a_prompt_prefilled_in_chunks_gives_the_same_greedy_tokens(smol):
     joins a batch that is already decoding, and its tokens are what the whole prompt gives alone."""
     from corolab.serving.backends.base import PrefillChunk
 
-    long_prompt = smol.encode_chat([{"role": "user", "content": "Tell me about rivers. " * 12}])
+    long_prompt = smol.encode_chat([{"role": "user", "content": "Tell me about rivers. " * 24}])
     short = smol.encode_chat([{"role": "user", "content": "Hi"}])
     n = 8
     expected = _greedy_alone(smol, long_prompt, n)
     greedy = SamplingParams(temperature=0)
     batch = smol.new_batch()
     got = {0: [batch.add(0, short, greedy)]}
-    step = 25
+    step = 20
     for start in range(0, len(long_prompt), step):
         end = min(start + step, len(long_prompt))
         outcome = batch.prefill([PrefillChunk(1, long_prompt, start, end, greedy)])
         if end < len(long_prompt):
             assert outcome == {}                     # not complete yet: no token, the row has not joined
+            # the row's own cache grows to the prompt's length and no further (doubling took up to 2x)
+            assert batch._pending[1].layers[0]._k.shape[-2] <= len(long_prompt)
         else:
             got[1] = [outcome[1]]
         for key, token in batch.step().items():      # the running row decodes between chunks
@@ -520,4 +522,32 @@ async def test_threads_engine_counts_a_request_finished_with_its_last_delta():
     release.set()
     assert deltas[-1].finish_reason == "stop"
     assert (stats.running, stats.requests_finished) == (0, 1)
+    await engine.stop()
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+async def test_a_request_whose_kv_cache_could_never_fit_is_refused_before_it_queues(kind):
+    engine = await started(kind, FakeBackend(kv_bytes_per_token=2**20), kv_cache_gib=0.25)  # 256 token columns
+    prompt = len(await engine.tokenize(CHAT))
+    with pytest.raises(LimitError, match="--kv-cache-gib") as refused:
+        await collect(engine, max_tokens=257 - prompt)
+    assert refused.value.param == "max_tokens"
+    assert f"at most {256 - prompt} max_tokens" in str(refused.value)
+    assert text_of(await collect(engine, max_tokens=256 - prompt, ignore_eos=True)).startswith(REPLY)
+    assert (engine.stats().running, engine.stats().waiting) == (0, 0)
+    await engine.stop()
+
+
+async def test_the_batched_engine_admits_no_more_rows_than_the_kv_budget_holds():
+    """Eight requests of 100 columns at 1 MiB a column against 0.25 GiB: never more than two rows at once, and
+    every request is answered in full."""
+    backend = FakeBackend(step_delay=0.002, kv_bytes_per_token=2**20)
+    engine = await started("batched", backend, kv_cache_gib=0.25, max_batch_size=8)
+    prompt = len(await engine.tokenize(CHAT))
+    widths: list[int] = []
+    engine.scheduler.plan_listeners.append(
+        lambda plan: widths.append(len(plan.decode) + sum(not c.last for c in plan.prefill)))
+    replies = await asyncio.gather(*(collect(engine, max_tokens=100 - prompt, ignore_eos=True) for _ in range(8)))
+    assert all(text_of(r).startswith(REPLY) for r in replies)
+    assert max(widths) == 2  # two fit (2 x 100 x 1 MiB < 0.25 GiB), three would not; rows were free
     await engine.stop()

@@ -120,3 +120,56 @@ def test_plan_listeners_see_every_plan_as_returned():
     returned = [s.plan(), s.plan(), s.plan()]
     assert seen == returned and [spans(p) for p in seen] == [[(1, 0, 100)], [(1, 100, 150)], []]
     assert [len(p.decode) for p in seen] == [0, 1, 1]
+
+
+def kv_scheduler(max_batch_size: int = 8) -> Scheduler[str]:
+    """A scheduler whose KV budget holds 1,024 token columns: 1 GiB at 1 MiB a token."""
+    s: Scheduler[str] = Scheduler(max_batch_size=max_batch_size, max_waiting=16, prefill_budget=10_000,
+                                  kv_cache_gib=1.0)
+    s.kv_bytes_per_token = 2**20
+    return s
+
+
+def test_requests_join_while_their_kv_cache_fits_the_budget():
+    s = kv_scheduler()
+    for key in range(1, 7):
+        s.add(Entry(key, 100, f"request {key}", reply_len=156))  # 256 columns each: four fit in 1,024
+    assert [c.entry.key for c in s.plan().prefill] == [1, 2, 3, 4]
+    assert [e.key for e in s.waiting] == [5, 6]                    # rows were free; memory was not
+    assert s.plan().prefill == []
+    s.finish(2)
+    assert [c.entry.key for c in s.plan().prefill] == [5]          # one leaves, one joins
+
+
+def test_the_widest_row_sets_every_row_s_width():
+    s = kv_scheduler()
+    s.add(Entry(1, 400, "long", reply_len=112))                    # 512 columns: rows are padded to it
+    for key in (2, 3, 4):
+        s.add(Entry(key, 10, f"short {key}", reply_len=10))
+    assert [c.entry.key for c in s.plan().prefill] == [1, 2]       # 2 x 512 = 1,024; a third row would pass it
+    s.finish(1)
+    assert [c.entry.key for c in s.plan().prefill] == [3, 4]       # without it, short rows are 20 columns
+
+
+def test_a_request_that_does_not_fit_holds_the_queue_and_a_lone_one_always_joins():
+    s = kv_scheduler()
+    s.add(Entry(1, 10, "short", reply_len=500))                    # 510 columns
+    s.add(Entry(2, 600, "too wide beside it", reply_len=400))      # 2 x 1,000 > 1,024
+    s.add(Entry(3, 10, "would fit", reply_len=10))
+    assert [c.entry.key for c in s.plan().prefill] == [1]
+    assert [e.key for e in s.waiting] == [2, 3]                    # 3 does not overtake 2: 2 is never starved
+    s.finish(1)
+    assert [c.entry.key for c in s.plan().prefill] == [2]          # alone it fits
+    s.finish(2)
+    s.add(Entry(4, 3000, "bigger than the budget", reply_len=10))
+    plan = s.plan()
+    assert [c.entry.key for c in plan.prefill] == [3]
+    s.finish(3)
+    assert [c.entry.key for c in s.plan().prefill] == [4]          # the engine refuses it first; alone, it runs
+
+
+def test_no_kv_size_means_rows_alone_limit_the_batch():
+    s: Scheduler[str] = Scheduler(max_batch_size=3, max_waiting=8, prefill_budget=10_000, kv_cache_gib=0.001)
+    for key in (1, 2, 3, 4):
+        s.add(Entry(key, 1000, f"request {key}", reply_len=1000))
+    assert [c.entry.key for c in s.plan().prefill] == [1, 2, 3]    # kv_bytes_per_token 0: the fake model's

@@ -67,7 +67,8 @@ class ServeConfig(ModelConfig):
     api_key: str | None = None
     served_model_names: list[str] = field(default_factory=list)  # empty: the model id and gpt-3.5-turbo
     max_tokens: int = 256             # reply length when a request sets no limit
-    max_batch_size: int = 32          # requests decoding together
+    max_batch_size: int = 128         # requests decoding together (fewer when their KV cache would pass kv_cache_gib)
+    kv_cache_gib: float = 4.0         # GiB the batch's KV cache may reach, counting each request's prompt and reply limit
     max_waiting: int = 256            # queued requests before answering 429
     prefill_budget: int = 512         # prompt tokens prefilled per engine step; longer prompts go in chunks
     max_body_bytes: int = 1 << 20     # largest request body (413 above it) or websocket frame (close 1009 above it)
@@ -86,6 +87,8 @@ class ServeConfig(ModelConfig):
         for name in ("header_timeout", "body_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{_flag(name)} must be more than 0 seconds")
+        if not self.kv_cache_gib > 0:
+            raise ValueError("--kv-cache-gib must be more than 0")
         if self.max_waiting < 0:
             raise ValueError("--max-waiting must be at least 0")
         if not self.drain_timeout >= 0:  # 0: end every running reply at once, with its error event

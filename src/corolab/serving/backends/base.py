@@ -30,6 +30,7 @@ class BackendInfo:
     device: str           # where it runs, once loaded: "cpu", "cuda", "mps" (a fact, not the --device setting)
     dtype: str            # the float type it computes in, once loaded
     quantization: str = "none"  # "none" | "int8" (corolab.serving.backends.cpu.quantize)
+    kv_bytes_per_token: int = 0  # one token's keys and values over all layers; 0: the model keeps none (fake)
 
 
 @dataclass(frozen=True)

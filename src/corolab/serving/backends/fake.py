@@ -62,10 +62,13 @@ class FakeBatch(Batch):
 
 
 class FakeBackend(Backend):
-    def __init__(self, step_delay: float = 0.0, context_window: int = 4096, model_id: str = "fake") -> None:
+    def __init__(self, step_delay: float = 0.0, context_window: int = 4096, model_id: str = "fake",
+                 kv_bytes_per_token: int = 0) -> None:
         self.step_delay = step_delay
+        # bytes, no tensors: a CPU, and float32 to name something. It keeps no KV cache; a test that wants the
+        # scheduler to count one says how big a token's would be.
         self.info = BackendInfo(model_id=model_id, context_window=context_window, backend="fake", device="cpu",
-                                dtype="float32")  # bytes, no tensors: a CPU, and float32 to name something
+                                dtype="float32", kv_bytes_per_token=kv_bytes_per_token)
         # the keys of the latest prompts prefilled, in order (bounded: a soak run must not see it grow)
         self.prefilled: deque[int] = deque(maxlen=4096)
 

@@ -65,6 +65,7 @@ class HFBackend(Backend):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from corolab.serving.backends import cpu
+        from corolab.serving.backends.kvcache import kv_bytes_per_token
 
         cpu.prepare_process(self.config.threads)
         self.device = pick_device(self.config.device)
@@ -89,7 +90,8 @@ class HFBackend(Backend):
         self._eos = end_of_sequence_ids(self.tokenizer, model.generation_config)
         window = getattr(model.config, "max_position_embeddings", None) or 2048
         self.info = replace(self.info, context_window=int(window), device=self.device,
-                            dtype=str(dtype).removeprefix("torch."), quantization=self.quantization)
+                            dtype=str(dtype).removeprefix("torch."), quantization=self.quantization,
+                            kv_bytes_per_token=kv_bytes_per_token(model.config, dtype))
         torch.set_grad_enabled(False)
         faster = cpu.faster_forward(self.model, quantization=self.quantization,
                                     exact=self.config.attention == "exact", device=self.device,

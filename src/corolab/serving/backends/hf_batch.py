@@ -128,6 +128,8 @@ class HFBatch(Batch):
         if chunk.start == 0:
             self._pending[chunk.key] = empty_cache(self._b.model.config.num_hidden_layers)
         cache = self._pending[chunk.key]
+        if chunk.start:  # room for the rest of the prompt at once: growing by doubling could take twice the prompt
+            ensure_room(cache, chunk.end - chunk.start, spare=len(chunk.prompt) - chunk.start)
         device = self._b.device
         ids = torch.tensor([list(chunk.prompt[chunk.start:chunk.end])], dtype=torch.long, device=device)
         mask = torch.ones((1, chunk.end), dtype=torch.long, device=device)
@@ -161,17 +163,11 @@ class HFBatch(Batch):
         rows = [Row(key, sampler, token, max(n - 1, 0))
                 for key, sampler, token, n in zip(keys, samplers, tokens, max_tokens)]
         width = max(mask.shape[1], 0 if self._mask is None else self._mask.shape[1])
+        real = mask.sum(dim=1).tolist() if self._mask is None else [*self._mask.sum(dim=1).tolist(),
+                                                                     *mask.sum(dim=1).tolist()]
         self._cache, self._mask = merge_rows(self._cache, self._mask, row_cache, mask,
-                                             spare=self._spare(width, [row.left for row in [*self._rows, *rows]]))
+                                             spare=_spare(width, real, [row.left for row in [*self._rows, *rows]]))
         self._rows.extend(rows)
-
-    def _spare(self, width: int, left: list[int] | None = None) -> int:
-        """Cache columns to allocate ahead of ``width``: as many as doubling would, but no more than the
-        longest-running row (of ``left``, default: this batch's rows) may still generate (see
-        :mod:`corolab.serving.backends.kvcache`)."""
-        if left is None:
-            left = [row.left for row in self._rows]
-        return min(max(left, default=0) + 1, max(64, width))
 
     def step(self) -> dict[int, int]:
         if not len(self):
@@ -179,8 +175,9 @@ class HFBatch(Batch):
         self._compact()
         rows = self._rows
         ids = torch.tensor([row.last for row in rows], device=self._b.device).unsqueeze(1)
-        ensure_room(self._cache, 1, spare=self._spare(self._mask.shape[1]))
         positions = self._mask.sum(dim=1, keepdim=True)  # real tokens so far = the new token's position
+        ensure_room(self._cache, 1, spare=_spare(self._mask.shape[1], positions.squeeze(1).tolist(),
+                                                 [row.left for row in rows]))
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
         with torch.inference_mode():
             logits = self._b.forward(ids, self._mask, positions, self._cache)
@@ -207,9 +204,22 @@ class HFBatch(Batch):
         if len(keep) == len(self._rows):
             return
         rows = [self._rows[index] for index in keep]
+        real = self._mask[keep].sum(dim=1)
+        width = int(real.max()) if len(keep) else 0  # select_rows drops the columns that are padding in every row
         self._cache, self._mask = select_rows(self._cache, self._mask, keep,
-                                              spare=self._spare(self._mask.shape[1], [row.left for row in rows]))
+                                              spare=_spare(width, real.tolist(), [row.left for row in rows]))
         self._rows = rows
+
+
+def _spare(width: int, real: list[int], left: list[int]) -> int:
+    """Cache columns to allocate ahead of ``width``: as many as doubling would, but no more than the rows can
+    use. Rows are right-aligned, so a row that has ``real`` tokens and may generate ``left`` more never needs a
+    column past ``real + left``, and the widest row's leaving trims the columns only it used. A batch's buffer
+    is thus at most rows x max(prompt + max_tokens) columns: the bound the scheduler admits by
+    (:attr:`~corolab.serving.config.ServeConfig.kv_cache_gib`). Before this cap, a short row joining a long one
+    got the long row's width plus its own reply as spare: up to twice the columns."""
+    end = max((r + n for r, n in zip(real, left)), default=0) + 1
+    return min(max(64, width), max(end - width, 1))
 
 
 __all__ = ["BatchModel", "HFBatch", "Row"]

@@ -2,9 +2,10 @@
 
 transformers' ``DynamicLayer`` appends each step's keys with ``torch.cat``, copying the whole cache every
 step. Here each layer keeps a buffer with spare room, so a step writes one column in place. The batch says
-how much room (:class:`corolab.serving.backends.hf_batch.HFBatch`): as much as doubling would give, but never more than
-its rows may still generate. Doubling alone left up to half of the cache unused: at 32 rows of 64-token
-replies it held 254 columns for 126 tokens, 190 MB of the embedded model's resident memory.
+how much room (:class:`corolab.serving.backends.hf_batch.HFBatch`): as much as doubling would give, but never
+past the widest row's prompt plus reply limit, the bound the scheduler admits by (``--kv-cache-gib``).
+Doubling alone left up to half of the cache unused: at 32 rows of 64-token replies it held 254 columns for
+126 tokens, 190 MB of the embedded model's resident memory.
 
 Rows are left-padded to a common length; the attention mask hides the padding. Joining pads the shorter side
 on the left; leaving selects the remaining rows and trims columns that are padding for all.
@@ -67,6 +68,15 @@ class GrowableLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.length
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """What one token's keys and values take over all of a model's layers: the unit the scheduler counts a
+    batch's cache in (``--kv-cache-gib``). The embedded SmolLM2-135M in float32: 30 layers x keys and values x 3
+    key-value heads x 64 x 4 bytes = 46,080 bytes."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers * 2 * heads * head_dim * torch.finfo(dtype).bits // 8
 
 
 def ensure_room(cache: DynamicCache, columns: int, spare: int) -> None:

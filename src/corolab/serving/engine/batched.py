@@ -63,6 +63,8 @@ class BatchedEngine(BackendEngine):
         # This worker runs every step, so it can measure how many CPU threads serve them best
         # (corolab.serving.backends.cpu.torch_threads: every core on a quiet machine, fewer when something else wants one).
         self._tuner = self.backend.thread_tuner()
+        with self._cond:  # known once the model is loaded: the scheduler counts the KV cache in it
+            self.scheduler.kv_bytes_per_token = self.backend.info.kv_bytes_per_token
         self._loop = asyncio.get_running_loop()
         self._stopping = False
         self._thread = threading.Thread(target=self._worker, name="corolab-batched", daemon=True)
@@ -89,7 +91,7 @@ class BatchedEngine(BackendEngine):
         handle = RequestHandle(key, len(prompt), self._withdraw)
         request = _Request(prompt, params, RequestSequence(self.backend, len(prompt), params), handle)
         with self._cond:
-            self.scheduler.add(Entry(key, len(prompt), request))  # QueueFullError: refused, nothing queued
+            self.scheduler.add(Entry(key, len(prompt), request, reply_len=params.max_tokens))  # QueueFullError: 429
             self._cond.notify()
         return handle
 

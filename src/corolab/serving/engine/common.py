@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from corolab.serving.backends.base import Backend
 from corolab.serving.config import ServeConfig
 from corolab.serving.engine.base import Engine, EngineInfo, EngineStats
-from corolab.serving.params import SamplingParams, check_fits
+from corolab.serving.engine.scheduler import cache_bytes
+from corolab.serving.params import LimitError, SamplingParams, check_fits
 
 log = logging.getLogger("corolab.serving.engine")
 
@@ -107,7 +108,22 @@ class BackendEngine(Engine):
         """The checks every engine makes before taking a request; returns its new key."""
         self.check_ready()
         check_fits(len(prompt), params.max_tokens, self.backend.info.context_window)  # LimitError: 400
+        self._check_kv_alone(len(prompt), params.max_tokens)
         return next(self._ids)
+
+    def _check_kv_alone(self, prompt_tokens: int, reply_tokens: int) -> None:
+        """A request whose own KV cache would pass ``--kv-cache-gib`` could never join a batch: refuse it now
+        (400), instead of queueing it for ever. The batch's share is the scheduler's to count."""
+        per_token = self.backend.info.kv_bytes_per_token
+        need = cache_bytes(1, prompt_tokens + reply_tokens, per_token)
+        budget = self.config.kv_cache_gib * 2**30
+        if need > budget:
+            most = int(budget // per_token) - prompt_tokens
+            raise LimitError(
+                f"the prompt ({prompt_tokens} tokens) and a reply of up to {reply_tokens} tokens need "
+                f"{need / 2**30:.2f} GiB of KV cache; this server allows {self.config.kv_cache_gib:g} GiB "
+                f"(--kv-cache-gib)" + (f": ask for at most {most} max_tokens" if most > 0 else ""),
+                param="max_tokens" if most > 0 else "messages")
 
     def _fail_engine(self, exc: BaseException) -> None:
         """The engine cannot go on: remember why (for /health), and log the traceback."""

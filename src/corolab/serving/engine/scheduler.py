@@ -11,7 +11,12 @@ The rules, in the order :meth:`Scheduler.plan` applies them:
 1. Requests withdrawn since the last step leave now; their rows are dropped before the next forward pass.
 2. Prompts already being prefilled continue first (oldest first), so no admitted request starves.
 3. Waiting requests join, oldest first, while the batch has room (``max_batch_size`` rows, counting those
-   still prefilling) and the step's prefill budget lasts.
+   still prefilling), its KV cache would stay within ``kv_cache_gib`` with them, and the step's prefill
+   budget lasts. The cache is counted at its worst: every row as wide as the widest row's prompt plus its
+   reply limit (rows are left-padded to a common width; :mod:`corolab.serving.backends.hf_batch` allocates no
+   more). A request that does not fit waits, and so does everyone behind it: no overtaking, so a long
+   request is never starved by short ones. One that could not fit even alone is refused before it queues
+   (:meth:`corolab.serving.engine.common.BackendEngine._admit`, a 400); a lone request always joins.
 4. A prompt longer than what is left of the budget is prefilled in chunks over several steps. The budget
    is what keeps one long prompt from stalling every running request's next token: each step prefills at
    most ``prefill_budget`` prompt tokens, then every running request decodes one token.
@@ -37,7 +42,13 @@ class Entry(Generic[T]):
     key: int
     prompt_len: int
     payload: T
+    reply_len: int = 0  # the most reply tokens it may generate (its max_tokens)
     prefilled: int = 0  # prompt tokens planned into the model's cache so far
+
+    @property
+    def columns(self) -> int:
+        """The KV cache columns this request may come to need: its prompt and its whole reply."""
+        return self.prompt_len + self.reply_len
 
 
 @dataclass(frozen=True)
@@ -60,11 +71,16 @@ class StepPlan(Generic[T]):
     decode: list[Entry[T]] = field(default_factory=list)    # running requests that decode one token after it
 
 
+def cache_bytes(rows: int, columns: int, per_token: int) -> int:
+    """A left-padded batch's KV cache: ``rows`` rows, each ``columns`` wide, ``per_token`` bytes a column."""
+    return rows * columns * per_token
+
+
 class Scheduler(Generic[T]):
     """FIFO admission into a bounded batch with a per-step prefill budget. Not thread-safe: the engine
     calls it under its own lock.
 
-    Its three limits come from ``config`` (default: :class:`~corolab.serving.config.ServeConfig`'s) with any
+    Its four limits come from ``config`` (default: :class:`~corolab.serving.config.ServeConfig`'s) with any
     of them overridden by keyword, e.g. ``Scheduler(max_batch_size=4, prefill_budget=6)``; it has no
     defaults of its own."""
 
@@ -73,6 +89,10 @@ class Scheduler(Generic[T]):
         self.max_batch_size = config.max_batch_size
         self.max_waiting = config.max_waiting
         self.prefill_budget = config.prefill_budget
+        self.kv_budget = int(config.kv_cache_gib * 2**30)
+        # What a token's keys and values take: the engine sets it once the model is loaded
+        # (BackendInfo.kv_bytes_per_token). 0 counts no memory: rows alone limit the batch (the fake model).
+        self.kv_bytes_per_token = 0
         self.waiting: deque[Entry[T]] = deque()
         self.prefilling: list[Entry[T]] = []
         self.running: dict[int, Entry[T]] = {}
@@ -126,9 +146,16 @@ class Scheduler(Generic[T]):
             if budget <= 0:
                 break
             budget -= self._chunk(entry, budget, plan)
-        while self.waiting and budget > 0 and len(self.prefilling) + len(self.running) < self.max_batch_size:
-            entry = self.waiting.popleft()           # rule 3: oldest first, while there is room
+        rows = len(self.prefilling) + len(self.running)
+        widest = max((e.columns for e in [*self.prefilling, *self.running.values()]), default=0)
+        while self.waiting and budget > 0 and rows < self.max_batch_size:
+            entry = self.waiting[0]                  # rule 3: oldest first, while there is room
+            widest = max(widest, entry.columns)
+            if rows and cache_bytes(rows + 1, widest, self.kv_bytes_per_token) > self.kv_budget:
+                break                                # no overtaking: the rest wait behind it
+            self.waiting.popleft()
             self.prefilling.append(entry)
+            rows += 1
             budget -= self._chunk(entry, budget, plan)
         plan.decode = list(self.running.values())
         for listener in self.plan_listeners:
@@ -152,4 +179,4 @@ class Scheduler(Generic[T]):
         self.running.pop(entry.key, None)
 
 
-__all__ = ["Chunk", "Entry", "Scheduler", "StepPlan"]
+__all__ = ["Chunk", "Entry", "Scheduler", "StepPlan", "cache_bytes"]

@@ -49,7 +49,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="require 'Authorization: Bearer KEY' (default: $COROLAB_API_KEY, else no key); "
                         "prefer --api-key-file or the variable: a key on the command line shows in 'ps'")
     p.add_argument("--api-key-file", default=None, help="read the API key from the first line of this file")
-    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                   help="requests decoding together (default %(default)s; fewer join while their KV cache would "
+                        "pass --kv-cache-gib)")
+    p.add_argument("--kv-cache-gib", type=float, default=d.kv_cache_gib,
+                   help="GiB the batch's KV cache may take, counting each request at its prompt plus its reply "
+                        "limit: a request waits while it would not fit, and one that could never fit gets a 400 "
+                        "(default %(default)s; vLLM's CPU build calls its budget VLLM_CPU_KVCACHE_SPACE)")
     p.add_argument("--max-waiting", type=int, default=d.max_waiting, help="queued requests before answering 429")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="reply length when a request sets none")
     p.add_argument("--prefill-budget", type=int, default=d.prefill_budget,
