@@ -266,6 +266,9 @@ async def main() -> None:
     parser.add_argument("--batch-limits", default=None,
                         help="run the batched engine once per --max-batch-size in this comma-separated list "
                              "(e.g. 32,64,128), each shown as 'batched (max batch N)'; overrides --max-batch-size")
+    parser.add_argument("--weights", default="default", choices=("default", "both"),
+                        help="both: run the batched engine twice, with its default int8 weight layout and with "
+                             "COROLAB_PACKED=0 (the plain layout), shown as 'batched (plain weights)'")
     parser.add_argument("--vllm-bind", default="all", choices=("all", "default"),
                         help="vLLM's OpenMP threads: bound to all cores this process may use (default), or "
                              "vLLM's own binding (one core kept for its scheduler)")
@@ -295,15 +298,26 @@ async def main() -> None:
         limits = [args.max_batch_size or max(levels)]
         if engine == "batched" and args.batch_limits:
             limits = [int(x) for x in args.batch_limits.split(",")]
+        layouts = ["default", "plain"] if engine == "batched" and args.weights == "both" else ["default"]
         for limit in limits:
-            key = engine if len(limits) == 1 else f"{engine} (max batch {limit})"
-            print(f"corolab serve --engine {engine} --max-batch-size {limit}", flush=True)
-            async with BackgroundServer(model=None, engine=engine, args=[
-                    "--max-batch-size", str(limit), "--dtype", args.dtype,
-                    "--quantize", args.quantize, "--attention", args.attention, "--device", args.device,
-                    *extra]) as server:
-                results[key] = await measure(server.url, embedded.MODEL_ID, levels, args.requests,
-                                             args.max_tokens, pid=server.process.pid, timeout=args.timeout)
+            for layout in layouts:
+                key = engine if len(limits) == 1 else f"{engine} (max batch {limit})"
+                if layout == "plain":
+                    key += " (plain weights)"
+                print(f"corolab serve --engine {engine} --max-batch-size {limit}"
+                      + (" with COROLAB_PACKED=0" if layout == "plain" else ""), flush=True)
+                if layout == "plain":  # the server inherits it
+                    os.environ["COROLAB_PACKED"] = "0"
+                try:
+                    async with BackgroundServer(model=None, engine=engine, args=[
+                            "--max-batch-size", str(limit), "--dtype", args.dtype,
+                            "--quantize", args.quantize, "--attention", args.attention, "--device", args.device,
+                            *extra]) as server:
+                        results[key] = await measure(server.url, embedded.MODEL_ID, levels, args.requests,
+                                                     args.max_tokens, pid=server.process.pid,
+                                                     timeout=args.timeout)
+                finally:
+                    os.environ.pop("COROLAB_PACKED", None)
     peer_dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
     for key, continuous in (("transformers", False), ("transformers-cb", True)):
         if key not in servers:
@@ -373,6 +387,12 @@ async def main() -> None:
                     print(f"  {key} / {name}: {mine['tok_s'] / by_level[level]['tok_s']:.2f}x tok/s, "
                           f"TTFT p99 {mine['ttft_p99'] / by_level[level]['ttft_p99']:.2f}x, "
                           f"RSS {mine['rss_mib'] / by_level[level]['rss_mib']:.2f}x")
+    for key in mine_keys:  # --weights both: the default layout against the plain one, level by level
+        plain = results.get(f"{key} (plain weights)")
+        if plain is not None:
+            print(f"\n{key} / {key} (plain weights): " + ", ".join(
+                f"c={c} {results[key][c]['tok_s'] / plain[c]['tok_s']:.2f}x tok/s, TTFT p99 "
+                f"{results[key][c]['ttft_p99'] / plain[c]['ttft_p99']:.2f}x" for c in levels))
     if "naive" in results:
         print(f"headline: {mine_keys[0]} / naive at c={top}: {batched['tok_s'] / results['naive'][top]['tok_s']:.2f}x "
               "output tokens/s")

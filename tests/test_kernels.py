@@ -45,6 +45,40 @@ def test_int8_linear_is_the_python_layer_bit_for_bit(ops, rows, width, outputs):
     assert torch.equal(ops.int8_linear(x, layer.weight_int8, layer.scale, layer.weight_sum, None, residual), residual + layer(x))
 
 
+needs_packed = pytest.mark.skipif(not kernels.packed_layout(), reason="the packed layout is used only on a CPU with "
+                                  "AVX512-VNNI and no AMX; elsewhere the plain layout above runs")
+
+
+@needs_packed
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 130])
+@pytest.mark.parametrize("width,outputs", [(64, 48), (576, 960), (1536, 576), (100, 64 * 16 + 32)])
+def test_a_packed_weight_gives_the_plain_layer_s_numbers_bit_for_bit(ops, rows, width, outputs):
+    """Every row count: four blocks of 16 outputs at a time up to four rows (48 and 1,056 outputs leave blocks
+    over), eight rows at a time from five (5, 9, 17, 33 and 130 leave rows over); 100 inputs are 25 quads."""
+    torch.manual_seed(rows * 7 + width)
+    plain = Int8Linear(torch.nn.Linear(width, outputs, bias=True))
+    packed = Int8Linear(torch.nn.Linear(width, outputs, bias=True))
+    packed.load_state_dict(plain.state_dict())
+    packed.pack(ops)
+    assert packed.weight_int8.shape == (outputs // 16, width // 4, 16, 4)
+    x = torch.randn(rows, 1, width)
+    x[0, 0, 3] = 500.0
+    expected = plain(x)  # torch._int_mm (or the small VNNI kernel) on the plain weight
+    assert torch.equal(packed(x), expected)
+    residual = torch.randn(rows, 1, outputs)
+    assert torch.equal(ops.int8_linear(x, packed.weight_int8, packed.scale, packed.weight_sum, packed.bias, residual),
+                       residual + expected)
+
+
+def test_pack_int8_lays_out_sixteen_outputs_by_four_inputs(ops):
+    weight = torch.arange(32 * 8, dtype=torch.int32).remainder(251).sub(125).to(torch.int8).view(32, 8)
+    packed = ops.pack_int8(weight)
+    for j, q, c, t in [(0, 0, 0, 0), (1, 1, 5, 3), (0, 1, 15, 2), (1, 0, 9, 1)]:
+        assert packed[j, q, c, t] == weight[16 * j + c, 4 * q + t]
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        ops.pack_int8(torch.zeros(24, 8, dtype=torch.int8))
+
+
 def test_int8_linear_adds_the_bias_as_the_layer_does(ops):
     torch.manual_seed(4)
     layer = Int8Linear(torch.nn.Linear(64, 32, bias=True))

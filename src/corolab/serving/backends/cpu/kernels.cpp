@@ -23,6 +23,7 @@
 #include <cmath>
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -222,20 +223,147 @@ void small_int_mm_cols(const uint8_t* shifted, int64_t m, int64_t k, const int8_
   }
 }
 
+std::vector<uint8_t> shift(const int8_t* a, int64_t count) {
+  std::vector<uint8_t> shifted(count);
+  for (int64_t i = 0; i < count; ++i) shifted[i] = static_cast<uint8_t>(static_cast<int32_t>(a[i]) + 128);
+  return shifted;
+}
+
 void small_int_mm_vnni(const int8_t* a, int64_t m, int64_t k, const int8_t* w, const int32_t* wsum, int64_t n,
                        int32_t* out) {
-  std::vector<uint8_t> shifted(m * k);
-  for (int64_t i = 0; i < m * k; ++i) shifted[i] = static_cast<uint8_t>(static_cast<int32_t>(a[i]) + 128);
+  const std::vector<uint8_t> shifted = shift(a, m * k);
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
     small_int_mm_cols(shifted.data(), m, k, w, wsum, n, begin, end, out);
   });
 }
 
+// The same sums from a weight packed for VNNI (pack_int8): [n/16][k/4][16][4] bytes, so that one 64-byte load
+// holds four consecutive k of sixteen outputs, which is what one vpdpbusd multiplies by four bytes of an
+// activation row broadcast to every lane. A block of 16 outputs is then one contiguous strip of the weight,
+// read front to back: one stream the prefetcher follows, no horizontal sums at the end.
+//
+// Why. On a Zen 4 without AMX (benchmarks/RESULTS.md, "A packed weight layout"), the whole int8_linear call on
+// the model's layer shapes, one thread, against the plain weight (small_int_mm_vnni up to 4 rows, oneDNN's
+// _int_mm above, which re-lays out the weight on every call): 1.4-1.5x at one row, 1.6-1.9x at 8, 1.1-1.3x at
+// 32, 0.96-1.08x at 128, 0.92-1.03x at 512; the LM head 2.8x at one row. A decode step of the embedded model,
+// two threads: 1.3x at one row, 1.7x at 8, 1.2x at 32, level from 64. Where the CPU has AMX, oneDNN's tiles
+// win at many rows, so the plain layout stays there (corolab.serving.backends.cpu.kernels.packed_layout).
+//
+// R activation rows by C blocks of 16 outputs, R x C accumulators in registers for the whole k.
+template <int R, int C>
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+inline void packed_tile(const uint8_t* a, int64_t k, const int8_t* w, int64_t strip, const int32_t* wsum,
+                        int32_t* out, int64_t n) {
+  __m512i acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
+  for (int64_t q = 0; q < k / 4; ++q) {
+    __m512i wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = _mm512_loadu_si512(w + c * strip + q * 64);
+    for (int r = 0; r < R; ++r) {
+      int32_t four;
+      std::memcpy(&four, a + r * k + 4 * q, 4);
+      const __m512i av = _mm512_set1_epi32(four);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], av, wv[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) {  // take the shift back: 128 times each output's weight sum
+    const __m512i bias = _mm512_slli_epi32(_mm512_loadu_si512(wsum + c * 16), 7);
+    for (int r = 0; r < R; ++r) _mm512_storeu_si512(out + r * n + c * 16, _mm512_sub_epi32(acc[r][c], bias));
+  }
+}
+
+// Rows [0, m) against C blocks: eight rows at a time (with one block, 8 accumulators, one weight load per eight
+// dot products), then the rest.
+template <int C>
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+void packed_rows(const uint8_t* a, int64_t m, int64_t k, const int8_t* w, int64_t strip, const int32_t* wsum,
+                 int32_t* out, int64_t n) {
+  int64_t r = 0;
+  for (; r + 8 <= m; r += 8) packed_tile<8, C>(a + r * k, k, w, strip, wsum, out + r * n, n);
+  a += r * k;
+  out += r * n;
+  switch (m - r) {
+    case 7: packed_tile<7, C>(a, k, w, strip, wsum, out, n); break;
+    case 6: packed_tile<6, C>(a, k, w, strip, wsum, out, n); break;
+    case 5: packed_tile<5, C>(a, k, w, strip, wsum, out, n); break;
+    case 4: packed_tile<4, C>(a, k, w, strip, wsum, out, n); break;
+    case 3: packed_tile<3, C>(a, k, w, strip, wsum, out, n); break;
+    case 2: packed_tile<2, C>(a, k, w, strip, wsum, out, n); break;
+    case 1: packed_tile<1, C>(a, k, w, strip, wsum, out, n); break;
+    default: break;
+  }
+}
+
+// Blocks [begin, end) of 16 outputs. Up to four rows, four blocks at a time (4 x 4 accumulators: four weight
+// streams share each broadcast); from five rows on, one block at a time (eight rows share each weight load:
+// measured faster than 6 x 4 or 8 x 2 tiles on every layer shape of the model).
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+void packed_int_mm_blocks(const uint8_t* a, int64_t m, int64_t k, const int8_t* w, const int32_t* wsum, int64_t n,
+                          int64_t begin, int64_t end, int32_t* out) {
+  const int64_t strip = k * 16;
+  int64_t b = begin;
+  if (m <= 4)
+    for (; b + 4 <= end; b += 4) packed_rows<4>(a, m, k, w + b * strip, strip, wsum + b * 16, out + b * 16, n);
+  for (; b < end; ++b) packed_rows<1>(a, m, k, w + b * strip, strip, wsum + b * 16, out + b * 16, n);
+}
+
+// pack_int8 undone: the plain [n, k] weight, for oneDNN's gemm at many rows (a buffer for the call).
+at::Tensor unpack_int8(const at::Tensor& packed) {
+  const int64_t blocks = packed.size(0), quads = packed.size(1), k = quads * 4;
+  auto plain = at::empty({blocks * 16, k}, packed.options());
+  const int8_t* p = packed.const_data_ptr<int8_t>();
+  int8_t* w = plain.mutable_data_ptr<int8_t>();
+  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j)
+      for (int64_t c = 0; c < 16; ++c) {  // one plain row at a time, written front to back
+        int8_t* row = w + (j * 16 + c) * k;
+        const int8_t* from = p + (j * quads * 16 + c) * 4;
+        for (int64_t q = 0; q < quads; ++q) std::memcpy(row + q * 4, from + q * 64, 4);
+      }
+  });
+  return plain;
+}
+
+// Above this many rows (a prefill of a dozen prompts or more), oneDNN's gemm on the unpacked weight: there its
+// blocking beats these tiles (at 4,096 rows 1.1-1.3x), and unpacking costs under 2 % of the call.
+constexpr int64_t kPackedMaxRows = 512;
+
+at::Tensor packed_int_mm(const at::Tensor& codes, const at::Tensor& packed, const at::Tensor& weight_sum) {
+  TORCH_CHECK(packed.is_contiguous() && packed.size(1) * 4 == codes.size(1), "int8_linear: packed weight shape");
+  if (codes.size(0) > kPackedMaxRows) return at::_int_mm(codes, unpack_int8(packed).t());
+  TORCH_CHECK(has_vnni(), "int8_linear: a packed weight needs AVX512-VNNI");
+  const int64_t m = codes.size(0), k = codes.size(1), blocks = packed.size(0), n = blocks * 16;
+  TORCH_CHECK(weight_sum.scalar_type() == at::kInt && weight_sum.numel() == n,
+              "int8_linear: int32 weight sums per output expected");
+  auto out = at::empty({m, n}, codes.options().dtype(at::kInt));
+  auto sums = weight_sum.contiguous();
+  const std::vector<uint8_t> shifted = shift(codes.const_data_ptr<int8_t>(), m * k);
+  const int8_t* w = packed.const_data_ptr<int8_t>();
+  const int32_t* sp = sums.const_data_ptr<int32_t>();
+  int32_t* op = out.mutable_data_ptr<int32_t>();
+  at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {  // 16 blocks: 256 outputs a task at least
+    packed_int_mm_blocks(shifted.data(), m, k, w, sp, n, begin, end, op);
+  });
+  return out;
+}
+
 #endif
+
+// An int8 [n, k] weight in the packed layout packed_int_mm reads: [n/16, k/4, 16, 4], with
+// packed[j][q][c][t] = weight[16 j + c][4 q + t].
+at::Tensor pack_int8(const at::Tensor& weight) {
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 2, "pack_int8: int8 [out, in] weight expected");
+  const int64_t n = weight.size(0), k = weight.size(1);
+  TORCH_CHECK(n % 16 == 0 && k % 4 == 0, "pack_int8: outputs must be a multiple of 16 and inputs of 4, not ",
+              n, " x ", k);
+  return weight.contiguous().view({n / 16, 16, k / 4, 4}).permute({0, 2, 1, 3}).contiguous();
+}
 
 // The int8 matmul: a few rows through small_int_mm_vnni where the CPU has VNNI, otherwise torch._int_mm.
 at::Tensor int_mm(const at::Tensor& codes, const at::Tensor& weight, const at::Tensor& weight_sum) {
 #ifdef COROLAB_X86
+  if (weight.dim() == 4) return packed_int_mm(codes, weight, weight_sum);  // pack_int8's layout, every row count
   constexpr int64_t kSmall = kMaxSmallRows;  // rows; above this oneDNN's gemm is as fast or faster (RESULTS.md)
   if (codes.size(0) <= kSmall && has_vnni() && weight.is_contiguous()) {
     TORCH_CHECK(weight_sum.scalar_type() == at::kInt && weight_sum.numel() == weight.size(0),
@@ -256,9 +384,11 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
                        const at::Tensor& weight_sum, const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm, double eps) {
   TORCH_CHECK(x.scalar_type() == at::kFloat, "int8_linear: float32 input expected");
-  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 2, "int8_linear: int8 [out, in] weight expected");
-  const int64_t n = weight.size(0);
-  const int64_t k = weight.size(1);
+  const bool packed = weight.dim() == 4;  // pack_int8's layout: [out/16, in/4, 16, 4]
+  TORCH_CHECK(weight.scalar_type() == at::kChar && (weight.dim() == 2 || packed),
+              "int8_linear: int8 [out, in] weight (or pack_int8's) expected");
+  const int64_t n = packed ? weight.size(0) * 16 : weight.size(0);
+  const int64_t k = packed ? weight.size(1) * 4 : weight.size(1);
   TORCH_CHECK(x.size(-1) == k, "int8_linear: input has ", x.size(-1), " features, the weight ", k);
   auto rows = x.reshape({-1, k}).contiguous();
   const int64_t r = rows.size(0);
@@ -478,6 +608,7 @@ at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at:
 }  // namespace
 
 TORCH_LIBRARY(corolab, m) {
+  m.def("pack_int8(Tensor weight) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scale, Tensor weight_sum, Tensor? bias=None, "
         "Tensor? residual=None, Tensor? norm=None, float eps=0.0) -> Tensor");
   m.def("attend_decode(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) keys, Tensor(b!) values, int start, "
@@ -485,6 +616,7 @@ TORCH_LIBRARY(corolab, m) {
 }
 
 TORCH_LIBRARY_IMPL(corolab, CPU, m) {
+  m.impl("pack_int8", &pack_int8);
   m.impl("int8_linear", &int8_linear);
   m.impl("attend_decode", &attend_decode);
 }

@@ -73,6 +73,21 @@ def _build():  # -> torch.ops namespace
     return torch.ops.corolab
 
 
+def packed_layout() -> bool:
+    """Whether int8 weights should be stored packed for the kernels' own VNNI matmul (``pack_int8``) rather
+    than plain for oneDNN's ``_int_mm``: on x86 CPUs with AVX512-VNNI and without AMX. There it was measured
+    faster at every row count a decode step has, and its LM head 3x faster at one row (RESULTS.md, "A packed
+    weight layout"); on a CPU with AMX, oneDNN's tiles are faster for prefill, so the plain layout stays.
+    ``COROLAB_PACKED=0`` keeps the plain layout anyway (``benchmarks/bench_packed.py`` loads both)."""
+    import torch
+
+    if os.environ.get("COROLAB_PACKED", "1") == "0":
+        return False
+
+    caps = torch.cpu.get_capabilities()
+    return all(caps.get(flag) for flag in ("avx512_f", "avx512_bw", "avx512_vnni")) and not caps.get("amx_int8")
+
+
 def ops():  # -> torch.ops.corolab | None
     """The loaded kernels, built on first use; ``None`` where they cannot be (the Python path runs)."""
     if "ops" in _state:
