@@ -13,10 +13,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 
 import torch
+
+# The plain weight layout: "python" below is LlamaForward without the kernels, and a packed weight can only be
+# multiplied by them (the packed layout against the plain one is bench_packed.py's measure).
+os.environ["COROLAB_PACKED"] = "0"
 
 from bench_quantize import PROMPTS, references, step_ms  # run from any folder: a script's own folder is on sys.path
 from corolab.serving.backends.embedded import EmbeddedBackend

@@ -9,7 +9,8 @@ moment of the machine falls on both. Every step's greedy tokens must be the same
 give the same integer sums), or the script stops.
 
 Printed: ms per decode step (median of the rounds' means), the ratio plain / packed, and the prefill of every
-batch's prompts at once (the median of three, alternating which layout goes first; ms, and its ratio).
+batch's prompts at once (the median of three, alternating which layout goes first; ms, and its ratio). Then
+one ``int8_linear`` call on each of the model's weight shapes, plain / packed, at several row counts.
 
     python benchmarks/bench_packed.py                       # batches 1, 8, 32, 64, 128; a few minutes
     python benchmarks/bench_packed.py --batches 1,8 --rounds 9 --threads 2
@@ -44,11 +45,47 @@ def load(packed: bool):
     return backend
 
 
+SHAPES = {"q/k/v": (576, 960), "gate/up": (576, 3072), "down": (1536, 576), "o": (576, 576), "LM head": (576, 49152)}
+
+
+def layer_table(kernels, rows_list: list[int], rounds: int = 7) -> None:
+    """One int8 layer call (quantize, matmul, dequantize) on each of the model's weight shapes, plain weight
+    against packed, best of interleaved rounds; the outputs compared bit for bit first."""
+    from corolab.serving.backends.cpu.quantize import Int8Linear
+
+    print("\none int8_linear call, plain / packed time (best of interleaved rounds; same outputs checked)")
+    print(f"{'layer':>8} " + "".join(f"{'m=' + str(m):>9}" for m in rows_list), flush=True)
+    torch.manual_seed(0)
+    for name, (k, n) in SHAPES.items():
+        plain = Int8Linear(torch.nn.Linear(k, n, bias=False))
+        weights = {"plain": plain.weight_int8, "packed": kernels.pack_int8(plain.weight_int8)}
+        cells = []
+        for m in rows_list:
+            if name == "LM head" and m > 128:  # the head reads the last position of each row only
+                cells.append(f"{'':>9}")
+                continue
+            x = torch.randn(m, k)
+            outs = {kind: kernels.int8_linear(x, w, plain.scale, plain.weight_sum) for kind, w in weights.items()}
+            assert torch.equal(outs["plain"], outs["packed"]), (name, m)
+            repeat = max(1, 20_000 // (m * (n // 256 + 1)))
+            best = {kind: 1e9 for kind in weights}
+            for r in range(rounds):
+                for kind in (("plain", "packed") if r % 2 == 0 else ("packed", "plain")):
+                    started = time.perf_counter()
+                    for _ in range(repeat):
+                        kernels.int8_linear(x, weights[kind], plain.scale, plain.weight_sum)
+                    best[kind] = min(best[kind], (time.perf_counter() - started) / repeat)
+            cells.append(f"{best['plain'] / best['packed']:8.2f}x")
+        print(f"{name:>8} " + "".join(cells), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", default="1,8,32,64,128")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds per batch size (default 6)")
     parser.add_argument("--steps", type=int, default=6, help="decode steps per round (default 6)")
+    parser.add_argument("--layer-rows", default="1,4,8,32,128,512,1024",
+                        help="rows for the per-layer table (default 1,4,8,32,128,512,1024); empty: skip it")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: what loading set, every core but one; the batched engine "
                              "tunes its own while serving)")
@@ -93,6 +130,8 @@ def main() -> None:
         plain, packed = (statistics.median(times[n]) * 1e3 for n in ("plain", "packed"))
         print(f"{size:5d} {plain:9.1f} {packed:9.1f} {plain / packed:8.2f}x   {prefill['plain'] * 1e3:13.0f} "
               f"{prefill['packed'] * 1e3:9.0f} {prefill['plain'] / prefill['packed']:8.2f}x", flush=True)
+    if args.layer_rows:
+        layer_table(copies["packed"].lean.kernels, [int(x) for x in args.layer_rows.split(",")])
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -266,6 +267,8 @@ async def main() -> None:
     parser.add_argument("--batch-limits", default=None,
                         help="run the batched engine once per --max-batch-size in this comma-separated list "
                              "(e.g. 32,64,128), each shown as 'batched (max batch N)'; overrides --max-batch-size")
+    parser.add_argument("--serve-args", default="",
+                        help="more options for every corolab serve, in one string, e.g. '--prefill-budget 2048'")
     parser.add_argument("--weights", default="default", choices=("default", "both"),
                         help="both: run the batched engine twice, with its default int8 weight layout and with "
                              "COROLAB_PACKED=0 (the plain layout), shown as 'batched (plain weights)'")
@@ -294,7 +297,7 @@ async def main() -> None:
     for engine in ("naive", "threads", "batched"):
         if engine not in servers:
             continue
-        extra = ["--threads", str(args.threads)] if args.threads else []
+        extra = (["--threads", str(args.threads)] if args.threads else []) + shlex.split(args.serve_args)
         limits = [args.max_batch_size or max(levels)]
         if engine == "batched" and args.batch_limits:
             limits = [int(x) for x in args.batch_limits.split(",")]
