@@ -551,3 +551,24 @@ async def test_the_batched_engine_admits_no_more_rows_than_the_kv_budget_holds()
     assert all(text_of(r).startswith(REPLY) for r in replies)
     assert max(widths) == 2  # two fit (2 x 100 x 1 MiB < 0.25 GiB), three would not; rows were free
     await engine.stop()
+
+
+@pytest.mark.model
+def test_prompts_of_one_length_share_an_attention_call_and_match_alone_bit_for_bit(smol):
+    """Exact prefill groups rows with as many keys and new tokens into one SDPA call: every layer's keys and
+    values, and the first token, must be what the prompt gives alone."""
+    texts = ("Name a bird.", "Name a fish.", "Name a tree.", "Write one sentence about the sea.")
+    prompts = [smol.encode_chat([{"role": "user", "content": text}]) for text in texts]
+    assert len(prompts[0]) == len(prompts[1]) == len(prompts[2]) != len(prompts[3])  # a group of 3, and one more
+    import torch
+
+    greedy = SamplingParams(temperature=0, max_tokens=4)
+    together = smol.new_batch()
+    first = together.add_many([(key, prompt, greedy) for key, prompt in enumerate(prompts)])
+    for key, prompt in enumerate(prompts):
+        alone = smol.new_batch()
+        assert alone.add_many([(0, prompt, greedy)]) == {0: first[key]}
+        n = len(prompt)
+        for mine, its in zip(together._cache.layers, alone._cache.layers):
+            assert torch.equal(mine.keys[key, :, -n:], its.keys[0, :, -n:])
+            assert torch.equal(mine.values[key, :, -n:], its.values[0, :, -n:])

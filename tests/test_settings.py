@@ -79,7 +79,7 @@ def restated_defaults(source: str, where: str) -> list[str]:
 def test_the_defaults_are_the_config_s() -> None:
     """The figures the book and the README quote, read from the config and nowhere else."""
     d = defaults()
-    assert (d["max_batch_size"], d["max_waiting"], d["prefill_budget"], d["max_tokens"]) == (128, 256, 512, 256)
+    assert (d["max_batch_size"], d["max_waiting"], d["prefill_budget"], d["max_tokens"]) == (128, 256, 2048, 256)
     assert d["kv_cache_gib"] == 4.0
     assert (d["device"], d["dtype"], d["quantize"], d["attention"], d["engine"]) == (
         "auto", "auto", "auto", "exact", "batched")

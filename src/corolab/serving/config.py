@@ -70,7 +70,7 @@ class ServeConfig(ModelConfig):
     max_batch_size: int = 128         # requests decoding together (fewer when their KV cache would pass kv_cache_gib)
     kv_cache_gib: float = 4.0         # GiB the batch's KV cache may reach, counting each request's prompt and reply limit
     max_waiting: int = 256            # queued requests before answering 429
-    prefill_budget: int = 512         # prompt tokens prefilled per engine step; longer prompts go in chunks
+    prefill_budget: int = 2048        # prompt tokens prefilled per engine step; longer prompts go in chunks (vLLM's CPU default)
     max_body_bytes: int = 1 << 20     # largest request body (413 above it) or websocket frame (close 1009 above it)
     header_timeout: float = 5.0       # seconds a client has to send a request's headers (then the connection closes)
     body_timeout: float = 30.0        # seconds a client has for a request's whole body once its headers are in (408)

@@ -135,20 +135,29 @@ class LlamaForward:
                                                values[row:row + 1, :, width - n:], enable_gqa=gqa)
                 for row, n in enumerate(plan)])
         out = q.new_zeros(q.shape)  # padding queries: never read by a real token
-        for row, (columns, fresh, causal) in enumerate(plan):
-            if fresh == 0:
-                continue
+        # Rows with as many keys and as many new tokens share one call: their shapes and causal masks are the
+        # same, and SDPA computes each batch element on its own, so every row's numbers are what a call of its
+        # own gives (tests/test_engines.py: a reply alone and in a batch). A burst of 128 prompts made 128 calls
+        # per layer, each with its pads and copies, about a third of the prefill.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for row, (columns, fresh, _) in enumerate(plan):
+            if fresh:
+                groups.setdefault((len(columns), fresh), []).append(row)
+        for (total, fresh), rows in groups.items():
             # Keys and queries padded to whole blocks (the padding keys masked out, the padding queries
             # discarded): a query then gets the same sums whether the prompt is prefilled whole, after a reused
             # prefix or in chunks. Unpadded, SDPA sums 24 keys with a scalar tail and 54 in whole vectors, and
             # splits 25 queries into other blocks than 190, and the rounding differs
             # (tests/test_prefix.py, tests/test_engines.py: the chunked and the reused prompt).
-            pad, extra = -len(columns) % _BLOCK, -fresh % _BLOCK
-            queries = F.pad(q[row:row + 1, :, -fresh:], (0, 0, extra, 0))
-            mask = F.pad(F.pad(causal, (0, pad), value=False), (0, 0, extra, 0), value=True)
-            out[row:row + 1, :, -fresh:] = F.scaled_dot_product_attention(
-                queries, F.pad(keys[row:row + 1].index_select(2, columns), (0, 0, 0, pad)),
-                F.pad(values[row:row + 1].index_select(2, columns), (0, 0, 0, pad)),
+            pad, extra = -total % _BLOCK, -fresh % _BLOCK
+            index = torch.tensor(rows, device=q.device)
+            columns = torch.stack([plan[row][0] for row in rows])[:, None, :, None]
+            columns = columns.expand(-1, keys.shape[1], -1, keys.shape[3])
+            queries = F.pad(q[index][:, :, -fresh:], (0, 0, extra, 0))
+            mask = F.pad(F.pad(plan[rows[0]][2], (0, pad), value=False), (0, 0, extra, 0), value=True)
+            out[index, :, -fresh:] = F.scaled_dot_product_attention(
+                queries, F.pad(keys[index].gather(2, columns), (0, 0, 0, pad)),
+                F.pad(values[index].gather(2, columns), (0, 0, 0, pad)),
                 attn_mask=mask, enable_gqa=gqa)[:, :, extra:]
         return out
 
