@@ -381,7 +381,7 @@ async def main() -> None:
     print(f"\nCPU while {mine_keys[0]} served c={top}, in cores (this machine has {psutil.cpu_count()}): model threads "
           f"{batched['model']:.2f}, server event loop {batched['loop']:.2f}, load tester {batched['client_cpu']:.2f}")
     peers = [name for name in results if name not in mine_keys]
-    for level in (levels if len(mine_keys) > 1 else sorted({min(levels), top})) if peers else ():
+    for level in levels if peers else ():
         print(f"\nratios at c={level}:")
         for key in mine_keys:
             mine = results[key][level]
