@@ -4,7 +4,9 @@ Why. At one stream a decode step of the embedded model spent about as long issui
 Python as in its matmuls. ``int8_linear`` does a W8A8 layer (RMSNorm, quantize the rows, integer matmul,
 dequantize, residual add) in one call instead of about twenty; ``attend_decode`` does a layer's rotary
 embedding, cache write and attention in one. At one to four rows the matmul is a VNNI kernel of our own:
-oneDNN's AMX gemm lays the weight out anew on every call, which at one row costs more than the matmul.
+oneDNN's AMX gemm lays the weight out anew on every call, which at one row costs more than the matmul. On a
+CPU with AVX512-VNNI and no AMX the weights are stored packed for our own kernel at every row count
+(:func:`packed_layout`, ``pack_int8``).
 ``benchmarks/RESULTS.md`` has the measurements; ``tests/test_kernels.py`` what they promise: a row's numbers
 are the same alone or in any batch, on any thread count.
 
