@@ -99,6 +99,11 @@ class ServeConfig(ModelConfig):
                                  "(no path, no trailing slash), e.g. http://localhost:5173, or *")
         return self
 
+    @property
+    def kv_cache_bytes(self) -> int:
+        """``kv_cache_gib`` in bytes: the budget the scheduler admits by and the engines refuse by."""
+        return int(self.kv_cache_gib * 2**30)
+
     def model_config(self) -> ModelConfig:
         """The model side alone, for code that should not see the server's settings."""
         return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})

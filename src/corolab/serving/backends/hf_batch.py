@@ -163,8 +163,7 @@ class HFBatch(Batch):
         rows = [Row(key, sampler, token, max(n - 1, 0))
                 for key, sampler, token, n in zip(keys, samplers, tokens, max_tokens)]
         width = max(mask.shape[1], 0 if self._mask is None else self._mask.shape[1])
-        real = mask.sum(dim=1).tolist() if self._mask is None else [*self._mask.sum(dim=1).tolist(),
-                                                                     *mask.sum(dim=1).tolist()]
+        real = [*([] if self._mask is None else self._mask.sum(dim=1).tolist()), *mask.sum(dim=1).tolist()]
         self._cache, self._mask = merge_rows(self._cache, self._mask, row_cache, mask,
                                              spare=_spare(width, real, [row.left for row in [*self._rows, *rows]]))
         self._rows.extend(rows)
@@ -205,7 +204,7 @@ class HFBatch(Batch):
             return
         rows = [self._rows[index] for index in keep]
         real = self._mask[keep].sum(dim=1)
-        width = int(real.max()) if len(keep) else 0  # select_rows drops the columns that are padding in every row
+        width = int(real.max())  # select_rows drops the columns that are padding in every row
         self._cache, self._mask = select_rows(self._cache, self._mask, keep,
                                               spare=_spare(width, real.tolist(), [row.left for row in rows]))
         self._rows = rows

@@ -116,9 +116,9 @@ class BackendEngine(Engine):
         (400), instead of queueing it for ever. The batch's share is the scheduler's to count."""
         per_token = self.backend.info.kv_bytes_per_token
         need = cache_bytes(1, prompt_tokens + reply_tokens, per_token)
-        budget = self.config.kv_cache_gib * 2**30
+        budget = self.config.kv_cache_bytes
         if need > budget:
-            most = int(budget // per_token) - prompt_tokens
+            most = budget // per_token - prompt_tokens
             raise LimitError(
                 f"the prompt ({prompt_tokens} tokens) and a reply of up to {reply_tokens} tokens need "
                 f"{need / 2**30:.2f} GiB of KV cache; this server allows {self.config.kv_cache_gib:g} GiB "

@@ -89,7 +89,7 @@ class Scheduler(Generic[T]):
         self.max_batch_size = config.max_batch_size
         self.max_waiting = config.max_waiting
         self.prefill_budget = config.prefill_budget
-        self.kv_budget = int(config.kv_cache_gib * 2**30)
+        self.kv_budget = config.kv_cache_bytes
         # What a token's keys and values take: the engine sets it once the model is loaded
         # (BackendInfo.kv_bytes_per_token). 0 counts no memory: rows alone limit the batch (the fake model).
         self.kv_bytes_per_token = 0

@@ -360,7 +360,8 @@ at::Tensor pack_int8(const at::Tensor& weight) {
   return weight.contiguous().view({n / 16, 16, k / 4, 4}).permute({0, 2, 1, 3}).contiguous();
 }
 
-// The int8 matmul: a few rows through small_int_mm_vnni where the CPU has VNNI, otherwise torch._int_mm.
+// The int8 matmul: a packed weight (pack_int8) through packed_int_mm at any row count; a plain one through
+// small_int_mm_vnni for a few rows where the CPU has VNNI, otherwise torch._int_mm.
 at::Tensor int_mm(const at::Tensor& codes, const at::Tensor& weight, const at::Tensor& weight_sum) {
 #ifdef COROLAB_X86
   if (weight.dim() == 4) return packed_int_mm(codes, weight, weight_sum);  // pack_int8's layout, every row count
