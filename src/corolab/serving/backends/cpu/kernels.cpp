@@ -517,6 +517,36 @@ void weigh_values(const float* weights, const float* v, int64_t vstride, int64_t
   }
 }
 
+// exp(x) for the softmax's x = score - max <= 0, the same numbers from the scalar and the vector code: the
+// same operations in the same order (-ffp-contract=off), x clamped at -87 so that 2^n stays a normal float
+// (exp(-87) is 1.6e-38; a weight that small changes no sum it joins). n = round(x / ln 2), r = x - n ln 2 in
+// two steps (ln 2's leading bits exactly, then the rest), exp(r) by a degree-7 polynomial on |r| <= ln 2 / 2
+// (relative error about 1e-7), times 2^n built from its bits. Why not std::exp: it is one call per key, which
+// the vector code cannot batch; with the AVX512 group kernel below, this exp and the lane-wise total took a
+// layer's decode attention from 1.2x to 1.6x the previous kernel's speed (benchmarks/bench_attention.py, caches
+// warm; RESULTS.md). The softmax's numbers move by about 1e-7: still the same alone or in any batch.
+constexpr float kExpLow = -87.0f, kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpP0 = 1.9875691500e-4f, kExpP1 = 1.3981999507e-3f, kExpP2 = 8.3334519073e-3f,
+                kExpP3 = 4.1665795894e-2f, kExpP4 = 1.6666665459e-1f, kExpP5 = 5.0000001201e-1f;
+
+inline float softmax_exp(float x) {
+  x = x < kExpLow ? kExpLow : x;
+  const float n = std::nearbyint(x * kLog2e);
+  float r = x - n * kLn2Hi;
+  r = r - n * kLn2Lo;
+  float p = kExpP0;
+  p = p * r + kExpP1;
+  p = p * r + kExpP2;
+  p = p * r + kExpP3;
+  p = p * r + kExpP4;
+  p = p * r + kExpP5;
+  const float y = (p * (r * r) + r) + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return y * two_n;
+}
+
 // Softmax attention of one query over n keys: the scores, their maximum, exp(score - max) and the weighted
 // sum of the values, each in one fixed order (see dot). Not torch's SDPA: one call per (row, head) costs it
 // more in setting up than the arithmetic here, and its kernel splits the keys differently with the thread
@@ -527,16 +557,155 @@ void attend_one(const float* q, const float* k, int64_t kstride, const float* v,
   scores(q, k, kstride, n, d, scale, weights.data());
   float top = -INFINITY;
   for (int64_t t = 0; t < n; ++t) top = weights[t] > top ? weights[t] : top;
-  float total = 0.0f;
+  float lanes[kLanes] = {};
   for (int64_t t = 0; t < n; ++t) {
-    weights[t] = std::exp(weights[t] - top);
-    total += weights[t];
+    weights[t] = softmax_exp(weights[t] - top);
+    lanes[t % kLanes] += weights[t];
   }
+  const float total = lane_total(lanes);
   float acc[256];
   weigh_values(weights.data(), v, vstride, n, d, acc);
   const float inv = 1.0f / total;
   for (int64_t i = 0; i < d; ++i) out[i] = acc[i] * inv;
 }
+
+#ifdef COROLAB_X86
+bool has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+}
+
+// softmax_exp on sixteen lanes: the same operations.
+__attribute__((target("avx512f")))
+inline __m512 softmax_exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(kExpLow));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(kLn2Hi)));
+  r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(kLn2Lo)));
+  __m512 p = _mm512_set1_ps(kExpP0);
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(kExpP1));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(kExpP2));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(kExpP3));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(kExpP4));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(kExpP5));
+  const __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(r, r)), r), _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
+}
+
+// Sixteen scores at once, each exactly dot(q, key) * scale: every key's 16 lanes summed over the same chunks in
+// the same order, then the same tree over the lanes (j + 8, j + 4, j + 2, j + 1), done for all sixteen keys
+// with one add per vector and level. Keys past `count` score 0 and are not read.
+template <int C>  // C = d / 16 chunks of 16 lanes
+__attribute__((target("avx512f")))
+__m512 scores16_avx512(const __m512* q, const float* k, int64_t kstride, int count, float scale) {
+  __m512 u[16];
+  for (int key = 0; key < 16; ++key) {
+    __m512 lanes = _mm512_setzero_ps();
+    if (key < count) {
+      const float* kp = k + key * kstride;
+      for (int c = 0; c < C; ++c) lanes = _mm512_add_ps(lanes, _mm512_mul_ps(q[c], _mm512_loadu_ps(kp + 16 * c)));
+    }
+    u[key] = lanes;
+  }
+  __m512 v[8], w[4], s[2];
+  for (int i = 0; i < 8; ++i)  // level 8: [key 2i lanes 0-7 | key 2i+1 lanes 0-7]
+    v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)  // level 4: four keys, lanes 0-3 each
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; ++i)  // level 2: in 128-bit block b, keys 8i+b and 8i+4+b, lanes 0-1 each
+    s[i] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0x44),
+                         _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0xEE));
+  // level 1: position 4b + e holds key 4e + b; the permutation puts key t at position t.
+  const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(s[0], s[1], 0x88), _mm512_shuffle_ps(s[0], s[1], 0xDD));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_mul_ps(_mm512_permutexvar_ps(order, r), _mm512_set1_ps(scale));
+}
+
+// acc[h] = sum over t of weights[h][t] * v[t] for H query heads that share these values, t in order for every
+// element, as weigh_values; the heads' independent sums keep the adders busy while each waits on its last add.
+template <int C, int H>
+__attribute__((target("avx512f")))
+void weigh_values_heads(const float* const* weights, const float* v, int64_t vstride, int64_t n, float* const* out) {
+  __m512 acc[H][C];
+  for (int h = 0; h < H; ++h)
+    for (int c = 0; c < C; ++c) acc[h][c] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < n; ++t) {
+    const float* value = v + t * vstride;
+    __m512 chunk[C];
+    for (int c = 0; c < C; ++c) chunk[c] = _mm512_loadu_ps(value + 16 * c);
+    for (int h = 0; h < H; ++h) {
+      const __m512 w = _mm512_set1_ps(weights[h][t]);
+      for (int c = 0; c < C; ++c) acc[h][c] = _mm512_add_ps(acc[h][c], _mm512_mul_ps(w, chunk[c]));
+    }
+  }
+  for (int h = 0; h < H; ++h)
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(out[h] + 16 * c, acc[h][c]);
+}
+
+// Up to four heads at a time for a head size of 64 (16 accumulators, 4 value chunks), two for 128.
+template <int C>
+__attribute__((target("avx512f")))
+void weigh_values_group(const float* const* weights, const float* v, int64_t vstride, int64_t n, int64_t heads,
+                        float* const* out) {
+  int64_t h = 0;
+  if constexpr (C <= 4) {
+    for (; h + 4 <= heads; h += 4) weigh_values_heads<C, 4>(weights + h, v, vstride, n, out + h);
+    if (heads - h == 3) return weigh_values_heads<C, 3>(weights + h, v, vstride, n, out + h);
+  }
+  for (; h + 2 <= heads; h += 2) weigh_values_heads<C, 2>(weights + h, v, vstride, n, out + h);
+  if (h < heads) weigh_values_heads<C, 1>(weights + h, v, vstride, n, out + h);
+}
+
+// The query heads of one key/value group over the group's n keys, with AVX512 (head size 64 or 128): each
+// head's numbers are attend_one's, bit for bit (the same scores, exp, total and weighted sum, in the same
+// orders; tests/test_kernels.py), but sixteen scores come from one tree, sixteen exps from one vector, and the
+// weighted sums of the group's heads run side by side over values loaded once for the group.
+template <int C>
+__attribute__((target("avx512f")))
+void attend_group_avx512(const float* q, int64_t heads, const float* k, int64_t kstride, const float* v,
+                         int64_t vstride, int64_t n, float scale, std::vector<float>& weights, float* out,
+                         int64_t out_stride) {
+  constexpr int64_t d = 16 * C;
+  weights.resize(heads * n);
+  const float* rows[16];
+  float* outs[16];
+  float acc[16][d];
+  float inv[16];
+  for (int64_t h = 0; h < heads; ++h) {
+    __m512 qc[C];
+    for (int c = 0; c < C; ++c) qc[c] = _mm512_loadu_ps(q + h * d + 16 * c);
+    float* wh = weights.data() + h * n;
+    for (int64_t t = 0; t < n; t += 16) {
+      const int count = static_cast<int>(std::min<int64_t>(16, n - t));
+      _mm512_mask_storeu_ps(wh + t, static_cast<__mmask16>((1u << count) - 1),
+                            scores16_avx512<C>(qc, k + t * kstride, kstride, count, scale));
+    }
+    float top = -INFINITY;
+    for (int64_t t = 0; t < n; ++t) top = wh[t] > top ? wh[t] : top;
+    const __m512 topv = _mm512_set1_ps(top);
+    __m512 lanes = _mm512_setzero_ps();
+    for (int64_t t = 0; t < n; t += 16) {
+      const __mmask16 live = static_cast<__mmask16>((1u << std::min<int64_t>(16, n - t)) - 1);
+      const __m512 e = _mm512_maskz_mov_ps(live, softmax_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, wh + t), topv)));
+      _mm512_mask_storeu_ps(wh + t, live, e);
+      lanes = _mm512_add_ps(lanes, e);
+    }
+    float lane_values[kLanes];
+    _mm512_storeu_ps(lane_values, lanes);
+    const float total = lane_total(lane_values);
+    rows[h] = wh;
+    outs[h] = acc[h];
+    inv[h] = 1.0f / total;
+  }
+  weigh_values_group<C>(rows, v, vstride, n, heads, outs);
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < d; ++i) out[h * out_stride + i] = acc[h][i] * inv[h];
+}
+#endif
 
 // One decode step's attention for a layer: rotate q and k, write k and v into the cache buffers at column
 // `start`, attend, and return the heads side by side [B, H * D] (o_proj's input).
@@ -589,6 +758,29 @@ at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at:
   float* op = out.mutable_data_ptr<float>();
   const int64_t group = heads / kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+#ifdef COROLAB_X86
+  if (has_avx512() && (d == 64 || d == 128) && group <= 16) {
+    // One (row, key/value group) per task, computed start to end by one thread: the same numbers for any
+    // thread count.
+    at::parallel_for(0, b * kv_heads, 2, [&](int64_t begin, int64_t end) {
+      std::vector<float> weights;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t row = task / kv_heads;
+        const int64_t g = task % kv_heads;
+        const int64_t n = lp[row];
+        const float* kbase = kp + row * keys.stride(0) + g * keys.stride(1) + (filled - n) * keys.stride(2);
+        const float* vbase = vp + row * values.stride(0) + g * values.stride(1) + (filled - n) * values.stride(2);
+        const float* qg = qp + (row * heads + g * group) * d;
+        float* og = op + row * heads * d + g * group * d;
+        if (d == 64) attend_group_avx512<4>(qg, group, kbase, keys.stride(2), vbase, values.stride(2), n, scale,
+                                            weights, og, d);
+        else attend_group_avx512<8>(qg, group, kbase, keys.stride(2), vbase, values.stride(2), n, scale, weights,
+                                    og, d);
+      }
+    });
+    return out;
+  }
+#endif
   // One (row, head) per task, computed start to end by one thread: the same numbers for any thread count.
   at::parallel_for(0, b * heads, 4, [&](int64_t begin, int64_t end) {
     std::vector<float> weights;
