@@ -248,11 +248,42 @@ def test_no_row_gets_columns_it_cannot_use_beside_a_wider_one(smol):
 
 
 def test_kv_bytes_per_token_is_what_a_cache_column_takes(smol):
+    import torch
+
     batch = smol.new_batch()
     batch.add_many([(1, smol.encode_chat([{"role": "user", "content": "Hi."}]), SamplingParams(max_tokens=2))])
     column = sum(t.element_size() * t.shape[1] * t.shape[3]
                  for layer in batch._cache.layers for t in (layer.keys, layer.values))
     assert smol.info.kv_bytes_per_token == column == 46_080  # 30 layers x (k, v) x 3 heads x 64 x 4 bytes
+
+
+@pytest.mark.model
+def test_a_float16_kv_cache_takes_half_and_keeps_a_reply_the_same_alone_or_in_a_batch():
+    """``--kv-cache-dtype float16``: a column is half the bytes (the scheduler counts it so), the cache holds
+    float16, and a greedy reply is the same alone or beside other rows, as with float32."""
+    import torch
+
+    from corolab.serving.backends import load_backend
+
+    backend = load_backend(None, kv_cache_dtype="float16", threads=1)
+    backend.load()
+    assert backend.info.kv_bytes_per_token == 23_040
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    prompts = [backend.encode_chat([{"role": "user", "content": text}])
+               for text in ("Name a colour.", "Count to five, please, slowly and clearly.", "Hi.")]
+
+    def replies(rows):
+        batch = backend.new_batch()
+        out = {key: [token] for key, token in batch.add_many([(key, prompts[key], params) for key in rows]).items()}
+        assert batch._cache.layers[0].keys.dtype == torch.float16
+        for _ in range(11):
+            for key, token in batch.step().items():
+                out[key].append(token)
+        return out
+
+    together = replies([0, 1, 2])
+    for key in range(3):
+        assert replies([key])[key] == together[key], key
 
 
 def test_the_thread_count_is_tuned_unless_fixed(smol):

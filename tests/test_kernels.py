@@ -186,6 +186,33 @@ def test_every_key_gets_the_same_score_whichever_path_computes_it(ops, d):
             assert torch.equal(out[0, h * d:(h + 1) * d], mean), (seed, h)
 
 
+@pytest.mark.parametrize("d", [16, 64, 128])
+def test_a_float16_cache_attends_as_its_values_widened_to_float32(ops, d):
+    """A float16 cache is written rounded to nearest even, as ``.to(torch.float16)`` rounds, and read widened
+    (exactly): the new column is the float32 one rounded, and where the new key and value need no rounding the
+    output is, bit for bit, that of a float32 cache holding the same values."""
+    heads, kv_heads, start = 6, 2, 37
+    qkv, cos, sin, keys, values = _attention_inputs(3, start + 1, heads, kv_heads, d, seed=3)
+    lengths = torch.tensor([38, 17, 1])
+    half_k, half_v, wide_k, wide_v = keys.half(), values.half(), keys.clone(), values.clone()
+    ops.attend_decode(qkv, cos, sin, half_k, half_v, start, lengths, heads, kv_heads)
+    ops.attend_decode(qkv, cos, sin, wide_k, wide_v, start, lengths, heads, kv_heads)
+    assert half_k.dtype == torch.float16
+    assert torch.equal(half_k[:, :, start], wide_k[:, :, start].half())
+    assert torch.equal(half_v[:, :, start], wide_v[:, :, start].half())
+    assert not torch.equal(half_k[:, :, start].float(), wide_k[:, :, start])  # (the rounding is there to see)
+
+    exact = qkv.half().float()  # a new key and value float16 holds exactly, not rotated (cos 1, sin 0)
+    half_k, half_v = keys.half(), values.half()
+    wide_k, wide_v = half_k.float(), half_v.float()
+    out_half = ops.attend_decode(exact, torch.ones_like(cos), torch.zeros_like(sin), half_k, half_v, start, lengths,
+                                 heads, kv_heads)
+    out_wide = ops.attend_decode(exact, torch.ones_like(cos), torch.zeros_like(sin), wide_k, wide_v, start, lengths,
+                                 heads, kv_heads)
+    assert torch.equal(half_k.float(), wide_k) and torch.equal(half_v.float(), wide_v)
+    assert torch.equal(out_half, out_wide)
+
+
 def test_attention_refuses_a_full_cache_and_a_bad_length(ops):
     """The kernel writes into the cache in place, so it checks the room it was given."""
     qkv, cos, sin, keys, values = _attention_inputs(1, 5)  # room for 8 columns
@@ -229,15 +256,18 @@ def _quantized_tiny_llama():
     return model
 
 
+@pytest.mark.parametrize("kv_dtype", [None, torch.float16], ids=["float32-cache", "float16-cache"])
 @pytest.mark.parametrize("exact", [True, False], ids=["exact", "batched"])
-def test_decode_steps_agree_with_the_python_path(ops, exact):
+def test_decode_steps_agree_with_the_python_path(ops, exact, kv_dtype):
     """Rows of different lengths (left padding), a cache that must grow mid-run, seven steps: the kernels'
-    logits and cache are the Python pass's, to float32 rounding."""
+    logits and cache are the Python pass's, to float32 rounding. With a float16 cache both round each key and
+    value as they write it, and the kernel's cache holds float16 as the Python path's does."""
     from corolab.serving.backends.kvcache import empty_cache
     from corolab.serving.backends.cpu.llama_forward import LlamaForward
 
     model = _quantized_tiny_llama()
-    plain, fused = LlamaForward(model, exact=exact), LlamaForward(model, exact=exact, kernels=ops)
+    plain = LlamaForward(model, exact=exact, kv_dtype=kv_dtype)
+    fused = LlamaForward(model, exact=exact, kernels=ops, kv_dtype=kv_dtype)
     assert fused.kernels is not None and plain.kernels is None
     ids = torch.tensor([[0, 0, 0, 5, 6, 7], [9, 10, 11, 12, 13, 14], [0, 3, 4, 5, 6, 7]])
     mask = (ids != 0).long()
@@ -257,7 +287,9 @@ def test_decode_steps_agree_with_the_python_path(ops, exact):
             mask = torch.cat([mask, mask.new_ones((3, 1))], dim=1)
     for a, b in zip(caches["plain"].layers, caches["fused"].layers):
         assert a.keys.shape == b.keys.shape
-        assert torch.allclose(a.keys, b.keys, atol=1e-3) and torch.allclose(a.values, b.values, atol=1e-3)
+        assert a.keys.dtype == b.keys.dtype == (kv_dtype or torch.float32)
+        assert torch.allclose(a.keys.float(), b.keys.float(), atol=1e-3)
+        assert torch.allclose(a.values.float(), b.values.float(), atol=1e-3)
 
 
 @pytest.mark.model

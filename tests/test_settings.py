@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from corolab.serving.choices import Attention, Device, Dtype, EngineKind, LogLevel, Quantize, choices
+from corolab.serving.choices import Attention, Device, Dtype, EngineKind, KvCacheDtype, LogLevel, Quantize, choices
 from corolab.serving.config import ModelConfig, ServeConfig
 
 SERVING = Path(__file__).resolve().parents[1] / "src" / "corolab" / "serving"
@@ -146,12 +146,12 @@ def test_the_cli_offers_exactly_the_literal_choices() -> None:
     offered = {a.dest: tuple(a.choices) for a in serve._actions if a.choices}  # noqa: SLF001
     assert offered == {"engine": choices(EngineKind), "device": choices(Device), "dtype": choices(Dtype),
                        "quantize": choices(Quantize), "attention": choices(Attention),
-                       "log_level": choices(LogLevel)}
+                       "kv_cache_dtype": choices(KvCacheDtype), "log_level": choices(LogLevel)}
 
 
 def test_one_validator_refuses_a_value_outside_its_literal() -> None:
-    for name in ("device", "dtype", "quantize", "attention"):
-        with pytest.raises(ValueError, match=f"unknown --{name} 'nope'"):
+    for name in ("device", "dtype", "quantize", "attention", "kv_cache_dtype"):
+        with pytest.raises(ValueError, match=f"unknown --{name.replace('_', '-')} 'nope'"):
             ModelConfig(**{name: "nope"}).validate()
     with pytest.raises(ValueError, match="unknown --engine 'nope'"):
         ServeConfig(engine="nope").validate()  # type: ignore[arg-type]

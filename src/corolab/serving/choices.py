@@ -24,6 +24,9 @@ Quantization = Literal[Quantize, "int8-nosmooth"]
 Attention = Literal["exact", "batched"]
 """``exact``: attention row by row, a greedy reply is the same in any batch; ``batched``: one call, faster."""
 
+KvCacheDtype = Literal["auto", "float16", "float32"]
+"""What the KV cache stores; ``auto``: the model's dtype. ``float16`` halves the cache of a float32 model."""
+
 EngineKind = Literal["naive", "threads", "batched"]
 """The three schedulers (:mod:`corolab.serving.engine`)."""
 
@@ -35,4 +38,5 @@ def choices(kind: object) -> tuple[str, ...]:
     return tuple(get_args(kind))
 
 
-__all__ = ["Attention", "Device", "Dtype", "EngineKind", "LogLevel", "Quantization", "Quantize", "choices"]
+__all__ = ["Attention", "Device", "Dtype", "EngineKind", "KvCacheDtype", "LogLevel", "Quantization", "Quantize",
+           "choices"]

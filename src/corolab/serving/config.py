@@ -2,7 +2,7 @@
 written here and nowhere else (``tests/test_settings.py`` fails on a default restated elsewhere).
 
 - :class:`ModelConfig`: what a backend needs to load and run a model (model, device, dtype, quantize,
-  attention, threads, prefix cache). ``load_backend`` and the backends take it.
+  attention, KV cache dtype, threads, prefix cache). ``load_backend`` and the backends take it.
 - :class:`ServeConfig`: everything ``corolab serve`` can be told. It is a :class:`ModelConfig` with the
   server's settings added, so one object goes from the command line to the backend, the engine, the
   scheduler and the app. The CLI's options, ``create_engine``, ``Scheduler`` and ``create_app`` all read it.
@@ -17,11 +17,11 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from corolab.serving.choices import Attention, Device, Dtype, EngineKind, LogLevel, Quantization, choices
+from corolab.serving.choices import Attention, Device, Dtype, EngineKind, KvCacheDtype, LogLevel, Quantization, choices
 
 #: Each named setting's allowed values, checked by :meth:`ModelConfig.validate`.
 _ALLOWED: dict[str, object] = {"device": Device, "dtype": Dtype, "quantize": Quantization, "attention": Attention,
-                               "engine": EngineKind, "log_level": LogLevel}
+                               "kv_cache_dtype": KvCacheDtype, "engine": EngineKind, "log_level": LogLevel}
 
 
 #: What a browser's ``Origin`` header holds: a scheme, a host and maybe a port, nothing after.
@@ -41,6 +41,7 @@ class ModelConfig:
     dtype: Dtype = "auto"
     quantize: Quantization = "auto"   # auto: int8 on a CPU in float32, none elsewhere
     attention: Attention = "exact"    # exact: row by row, a reply is the same in any batch | batched: faster
+    kv_cache_dtype: KvCacheDtype = "auto"  # auto: the model's dtype; float16 halves a float32 model's cache
     threads: int | None = None        # torch's threads for model work; None: tuned while serving (cpu.torch_threads)
     prefix_cache: bool = True         # reuse the keys/values of the opening all prompts share
 

@@ -89,14 +89,15 @@ class HFBackend(Backend):
             raise RuntimeError(f"model {self.source!r} has no chat template; corolab serves chat models only")
         self._eos = end_of_sequence_ids(self.tokenizer, model.generation_config)
         window = getattr(model.config, "max_position_embeddings", None) or 2048
-        self.info = replace(self.info, context_window=int(window), device=self.device,
-                            dtype=str(dtype).removeprefix("torch."), quantization=self.quantization,
-                            kv_bytes_per_token=kv_bytes_per_token(model.config, dtype))
         torch.set_grad_enabled(False)
         faster = cpu.faster_forward(self.model, quantization=self.quantization,
                                     exact=self.config.attention == "exact", device=self.device,
-                                    encode=lambda text: self.encode_chat([{"role": "user", "content": text}]))
+                                    encode=lambda text: self.encode_chat([{"role": "user", "content": text}]),
+                                    kv_cache_dtype=self.config.kv_cache_dtype)
         self.lean = faster.forward
+        self.info = replace(self.info, context_window=int(window), device=self.device,
+                            dtype=str(dtype).removeprefix("torch."), quantization=self.quantization,
+                            kv_bytes_per_token=kv_bytes_per_token(model.config, faster.kv_dtype or dtype))
         if faster.forward is None:
             print(f"corolab: {faster.reason}", file=sys.stderr)
         if self.config.prefix_cache:

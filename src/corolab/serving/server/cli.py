@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import fields
 
-from corolab.serving.choices import Attention, Device, Dtype, EngineKind, LogLevel, Quantize, choices
+from corolab.serving.choices import Attention, Device, Dtype, EngineKind, KvCacheDtype, LogLevel, Quantize, choices
 from corolab.serving.config import ServeConfig, read_api_key
 from corolab.serving.server.redact import RedactKeys  # noqa: F401  (here too: the book and tests import it from the CLI)
 
@@ -39,6 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "batched: one call for the batch, and a reply may change with the requests that share its "
                         "steps. With the fused int8 kernels (a CPU with a C++ compiler) decoding is always row by "
                         "row and batched changes only prefill (default exact)")
+    p.add_argument("--kv-cache-dtype", default=d.kv_cache_dtype, choices=choices(KvCacheDtype),
+                   help="what the KV cache stores: float16 halves a float32 model's cache, so twice the tokens fit "
+                        "in --kv-cache-gib, at one rounding of each key and value (greedy replies change, still the "
+                        "same alone or in any batch; benchmarks/RESULTS.md); auto: the model's dtype (default auto)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="CPU threads for model work (default: the batched engine watches its CPU time and uses every "
                         "core, or every core but one while another process wants one; other engines every core "

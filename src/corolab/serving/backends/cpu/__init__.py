@@ -31,6 +31,7 @@ class FasterForward:
 
     forward: Callable[..., Any] | None
     reason: str | None = None
+    kv_dtype: Any = None  # torch.dtype the KV cache stores; None: the model's
 
 
 def prepare_process(threads: int | None) -> None:
@@ -44,14 +45,17 @@ def prepare_process(threads: int | None) -> None:
 
 
 def faster_forward(model, *, quantization: str, exact: bool, device: str,
-                   encode: Callable[[str], list[int]]) -> FasterForward:
+                   encode: Callable[[str], list[int]], kv_cache_dtype: str) -> FasterForward:
     """Make ``model`` fast where it can be, in place, and return the forward to run it with.
 
     ``quantization`` is :func:`~corolab.serving.backends.placement.pick_quantization`'s decision: ``int8``
     smooths the model on the fixed calibration messages (``encode`` tokenizes one as a chat) and swaps in int8
     layers; ``int8-nosmooth`` skips the smoothing; ``none`` keeps the float weights. A Llama-shaped model then
     gets :class:`~corolab.serving.backends.cpu.llama_forward.LlamaForward` (``exact``: attention row by row),
-    with the fused kernels where its layers are int8 and the kernels build.
+    with the fused kernels where its layers are int8 and the kernels build. ``kv_cache_dtype``
+    (``--kv-cache-dtype``) is resolved here: ``auto`` is the model's dtype. Why not float16 by default: on the
+    embedded model it made a decode step only 1-6 % faster at 32-128 rows (the step is mostly matmuls) and moved
+    greedy replies (RESULTS.md, "A float16 KV cache"); it halves the cache, so it is there for memory.
     """
     import torch
 
@@ -74,7 +78,10 @@ def faster_forward(model, *, quantization: str, exact: bool, device: str,
         kernels = ops()  # fused int8 kernels, fewer calls per step; None: the Python path (ops says why)
         if kernels is not None and packed_layout():
             pack_linears(model, kernels)  # the weights in the layout the kernels' VNNI matmul reads fastest
-    return FasterForward(LlamaForward(model, exact=exact, kernels=kernels))
+    kv_dtype = {"float16": torch.float16, "float32": torch.float32}.get(kv_cache_dtype)
+    if kv_dtype == next(model.parameters()).dtype:
+        kv_dtype = None
+    return FasterForward(LlamaForward(model, exact=exact, kernels=kernels, kv_dtype=kv_dtype), kv_dtype=kv_dtype)
 
 
 def thread_tuner() -> ThreadTuner | None:

@@ -707,20 +707,66 @@ void attend_group_avx512(const float* q, int64_t heads, const float* k, int64_t 
 }
 #endif
 
+// A float16 cache (--kv-cache-dtype float16): what a row's keys or values hold, as float32 (exact: every float16
+// is a float32). One (row, group)'s n columns go into a scratch buffer that stays in the core's cache for the
+// attention after it. Half the cache's memory; a decode step of the embedded model at 32-128 rows was only
+// 1-6 % faster for it (benchmarks/bench_kv_dtype.py), since the step is mostly int8 matmuls.
+void widen(const at::Half* from, int64_t stride, int64_t n, int64_t d, float* to) {
+  for (int64_t t = 0; t < n; ++t) {
+    const at::Half* row = from + t * stride;
+    float* out = to + t * d;
+    int64_t i = 0;
+#if defined(COROLAB_X86) && defined(__F16C__)
+    for (; i + 8 <= d; i += 8)
+      _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i))));
+#endif
+    for (; i < d; ++i) out[i] = static_cast<float>(row[i]);
+  }
+}
+
+// float32 to float16, rounding to nearest even, as torch's .to(torch.float16) (the prefill path's rounding).
+void narrow(const float* from, int64_t d, at::Half* to) {
+  int64_t i = 0;
+#if defined(COROLAB_X86) && defined(__F16C__)
+  for (; i + 8 <= d; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(to + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(from + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  for (; i < d; ++i) to[i] = at::Half(from[i]);
+}
+
+// The query heads of one group over its n keys: the AVX512 group kernel where it applies, else attend_one
+// head by head. The same numbers either way.
+void attend_group(const float* q, int64_t heads, const float* k, int64_t kstride, const float* v, int64_t vstride,
+                  int64_t n, int64_t d, float scale, std::vector<float>& weights, float* out) {
+#ifdef COROLAB_X86
+  if (has_avx512() && heads <= 16) {
+    if (d == 64) return attend_group_avx512<4>(q, heads, k, kstride, v, vstride, n, scale, weights, out, d);
+    if (d == 128) return attend_group_avx512<8>(q, heads, k, kstride, v, vstride, n, scale, weights, out, d);
+  }
+#endif
+  for (int64_t h = 0; h < heads; ++h) attend_one(q + h * d, k, kstride, v, vstride, n, d, scale, weights, out + h * d);
+}
+
 // One decode step's attention for a layer: rotate q and k, write k and v into the cache buffers at column
 // `start`, attend, and return the heads side by side [B, H * D] (o_proj's input).
 // qkv: [B, (H + 2G) * D], the fused projection's output. cos, sin: [B, D]. keys, values: [B, G, C, D] buffers
-// with C > start. Each row attends over its own last lengths[b] keys (close_holes keeps a row's real keys at the
-// right end), never over another row's padding, as LlamaForward._attend does in Python.
+// with C > start, float32 or float16 (written rounded, read widened). Each row attends over its own last
+// lengths[b] keys (close_holes keeps a row's real keys at the right end), never over another row's padding, as
+// LlamaForward._attend does in Python.
 at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, at::Tensor keys,
                          at::Tensor values, int64_t start, const at::Tensor& lengths, int64_t heads,
                          int64_t kv_heads) {
-  TORCH_CHECK(qkv.scalar_type() == at::kFloat && keys.scalar_type() == at::kFloat, "attend_decode: float32 expected");
+  const bool half = keys.scalar_type() == at::kHalf;
+  TORCH_CHECK(qkv.scalar_type() == at::kFloat && (half || keys.scalar_type() == at::kFloat),
+              "attend_decode: float32 activations and a float32 or float16 cache expected");
+  TORCH_CHECK(values.scalar_type() == keys.scalar_type(), "attend_decode: keys and values of one type expected");
   const int64_t b = keys.size(0);
   const int64_t d = keys.size(3);
   TORCH_CHECK(keys.size(1) == kv_heads && values.sizes() == keys.sizes(), "attend_decode: cache shape");
   TORCH_CHECK(start >= 0 && start < keys.size(2), "attend_decode: no room in the cache at column ", start);
   TORCH_CHECK(keys.stride(3) == 1 && values.stride(3) == 1, "attend_decode: cache rows must be contiguous");
+  TORCH_CHECK(kv_heads >= 1 && heads % kv_heads == 0, "attend_decode: heads must be a multiple of kv_heads");
   auto qkv_c = qkv.reshape({b, (heads + 2 * kv_heads) * d}).contiguous();
   auto cos_c = cos.reshape({b, d}).contiguous();
   auto sin_c = sin.reshape({b, d}).contiguous();
@@ -729,8 +775,9 @@ at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at:
   const float* cp = cos_c.const_data_ptr<float>();
   const float* sp = sin_c.const_data_ptr<float>();
   float* qp = q.mutable_data_ptr<float>();
-  float* kp = keys.mutable_data_ptr<float>();
-  float* vp = values.mutable_data_ptr<float>();
+  char* kp = static_cast<char*>(keys.mutable_data_ptr());
+  char* vp = static_cast<char*>(values.mutable_data_ptr());
+  const int64_t item = keys.element_size();
   const int64_t filled = start + 1;
   auto lengths_c = lengths.to(at::kLong).contiguous();
   TORCH_CHECK(lengths_c.numel() == b, "attend_decode: one length per row expected");
@@ -739,60 +786,58 @@ at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at:
     TORCH_CHECK(lp[row] >= 1 && lp[row] <= filled, "attend_decode: row ", row, " has ", lp[row], " keys of ", filled);
   }
   TORCH_CHECK(d <= 256, "attend_decode: head size up to 256");
+  // Where (row, group)'s column t begins, in bytes from the buffer's start.
+  const auto at_column = [&](const at::Tensor& cache, int64_t row, int64_t g, int64_t t) {
+    return (row * cache.stride(0) + g * cache.stride(1) + t * cache.stride(2)) * item;
+  };
   // Checked above, written below: a refused call leaves the cache as it was.
   const int64_t width = (heads + 2 * kv_heads) * d;
+  float rotated[256];
   for (int64_t row = 0; row < b; ++row) {
     const float* in = src + row * width;
     for (int64_t h = 0; h < heads; ++h) {
       rotate(in + h * d, cp + row * d, sp + row * d, d, qp + (row * heads + h) * d);
     }
     for (int64_t g = 0; g < kv_heads; ++g) {
-      float* kdst = kp + row * keys.stride(0) + g * keys.stride(1) + start * keys.stride(2);
-      rotate(in + (heads + g) * d, cp + row * d, sp + row * d, d, kdst);
-      float* vdst = vp + row * values.stride(0) + g * values.stride(1) + start * values.stride(2);
+      rotate(in + (heads + g) * d, cp + row * d, sp + row * d, d, rotated);
       const float* vin = in + (heads + kv_heads + g) * d;
-      for (int64_t i = 0; i < d; ++i) vdst[i] = vin[i];
+      char* kdst = kp + at_column(keys, row, g, start);
+      char* vdst = vp + at_column(values, row, g, start);
+      if (half) {
+        narrow(rotated, d, reinterpret_cast<at::Half*>(kdst));
+        narrow(vin, d, reinterpret_cast<at::Half*>(vdst));
+      } else {
+        std::memcpy(kdst, rotated, d * sizeof(float));
+        std::memcpy(vdst, vin, d * sizeof(float));
+      }
     }
   }
   auto out = at::empty({b, heads * d}, qkv.options());
   float* op = out.mutable_data_ptr<float>();
   const int64_t group = heads / kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-#ifdef COROLAB_X86
-  if (has_avx512() && (d == 64 || d == 128) && group <= 16) {
-    // One (row, key/value group) per task, computed start to end by one thread: the same numbers for any
-    // thread count.
-    at::parallel_for(0, b * kv_heads, 2, [&](int64_t begin, int64_t end) {
-      std::vector<float> weights;
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t row = task / kv_heads;
-        const int64_t g = task % kv_heads;
-        const int64_t n = lp[row];
-        const float* kbase = kp + row * keys.stride(0) + g * keys.stride(1) + (filled - n) * keys.stride(2);
-        const float* vbase = vp + row * values.stride(0) + g * values.stride(1) + (filled - n) * values.stride(2);
-        const float* qg = qp + (row * heads + g * group) * d;
-        float* og = op + row * heads * d + g * group * d;
-        if (d == 64) attend_group_avx512<4>(qg, group, kbase, keys.stride(2), vbase, values.stride(2), n, scale,
-                                            weights, og, d);
-        else attend_group_avx512<8>(qg, group, kbase, keys.stride(2), vbase, values.stride(2), n, scale, weights,
-                                    og, d);
-      }
-    });
-    return out;
-  }
-#endif
-  // One (row, head) per task, computed start to end by one thread: the same numbers for any thread count.
-  at::parallel_for(0, b * heads, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> weights;
+  // One (row, key/value group) per task, computed start to end by one thread: the same numbers for any thread
+  // count.
+  at::parallel_for(0, b * kv_heads, 2, [&](int64_t begin, int64_t end) {
+    std::vector<float> weights, kwide, vwide;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t row = task / heads;
-      const int64_t h = task % heads;
+      const int64_t row = task / kv_heads;
+      const int64_t g = task % kv_heads;
       const int64_t n = lp[row];
-      const int64_t g = h / group;
-      const float* kbase = kp + row * keys.stride(0) + g * keys.stride(1) + (filled - n) * keys.stride(2);
-      const float* vbase = vp + row * values.stride(0) + g * values.stride(1) + (filled - n) * values.stride(2);
-      attend_one(qp + (row * heads + h) * d, kbase, keys.stride(2), vbase, values.stride(2), n, d, scale, weights,
-                 op + row * heads * d + h * d);
+      const char* kbase = kp + at_column(keys, row, g, filled - n);
+      const char* vbase = vp + at_column(values, row, g, filled - n);
+      const float* qg = qp + (row * heads + g * group) * d;
+      float* og = op + row * heads * d + g * group * d;
+      if (half) {
+        kwide.resize(n * d);
+        vwide.resize(n * d);
+        widen(reinterpret_cast<const at::Half*>(kbase), keys.stride(2), n, d, kwide.data());
+        widen(reinterpret_cast<const at::Half*>(vbase), values.stride(2), n, d, vwide.data());
+        attend_group(qg, group, kwide.data(), d, vwide.data(), d, n, d, scale, weights, og);
+      } else {
+        attend_group(qg, group, reinterpret_cast<const float*>(kbase), keys.stride(2),
+                     reinterpret_cast<const float*>(vbase), values.stride(2), n, d, scale, weights, og);
+      }
     }
   });
   return out;

@@ -60,11 +60,16 @@ def supports(model: torch.nn.Module) -> bool:
 class LlamaForward:
     """Callable: ``(ids, mask, positions, cache) -> logits of each row's last position``."""
 
-    def __init__(self, model: torch.nn.Module, exact: bool = True, kernels=None) -> None:
-        """``kernels``: :func:`corolab.serving.backends.cpu.kernels.ops`, for int8 models; ``None`` runs every op from Python."""
+    def __init__(self, model: torch.nn.Module, exact: bool = True, kernels=None,
+                 kv_dtype: torch.dtype | None = None) -> None:
+        """``kernels``: :func:`corolab.serving.backends.cpu.kernels.ops`, for int8 models; ``None`` runs every op from
+        Python. ``kv_dtype``: what the KV cache stores (``None``: the model's dtype); keys and values are rounded
+        to it as they are written, and every attention reads them widened back, so a token's keys are the same
+        whether the step that wrote them also reads them or a later one does."""
         config = model.config
         self.exact = exact
         self.kernels = kernels if kernels is not None and _fusable(model) else None
+        self.kv_dtype = kv_dtype
         inner = model.model
         self.embed = inner.embed_tokens
         self.layers = list(inner.layers)
@@ -188,7 +193,11 @@ class LlamaForward:
         q = self._rotate(q.view(batch, queries, self.heads, self.head_dim).transpose(1, 2), cos, sin)
         k = self._rotate(k.view(batch, queries, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
         v = v.view(batch, queries, self.kv_heads, self.head_dim).transpose(1, 2)
-        keys, values = layer_cache.update(k, v)
+        if self.kv_dtype is not None and self.kv_dtype != k.dtype:
+            keys, values = layer_cache.update(k.to(self.kv_dtype), v.to(self.kv_dtype))
+            keys, values = keys.to(q.dtype), values.to(q.dtype)
+        else:
+            keys, values = layer_cache.update(k, v)
         out = self._attend(q, keys, values, plan)
         return self._linear(attn.o_proj, out.transpose(1, 2).reshape(batch, queries, -1), residual=h)
 
