@@ -8,7 +8,8 @@ streaming detokenizer, the stop filter, the deltas). Two measurements per batch 
 1. Timers, no profiler (the figures to trust for ms): per step, the scheduler's plan, the model's forward,
    sampling, the rest of ``batch.step`` (ids, mask, positions, cache growth: bookkeeping), and detokenizing.
 2. ``torch.profiler`` over the same kind of steps, for the split inside the forward: self CPU time of each
-   operator, bucketed into the int8 linear layers (``corolab::int8_linear``), attention
+   operator, bucketed into the int8 linear layers (``corolab::int8_linear``, and ``corolab::decode_layers``'s own
+   time: it runs a decode step's layers in one call), attention
    (``corolab::attend_decode``: rotary embedding, the KV-cache write and attention, row by row), and the rest of
    the torch ops (embedding, SiLU x up, rotary tables, mask sums); the forward's wall time not spent inside any
    operator is Python between the calls. These shares scale the timed forward.
@@ -114,8 +115,11 @@ def decode_steps(scheduler, batch, seqs, steps: int, forward: Timed, sampler: Ti
 
 
 def bucket(name: str) -> str:
-    # int8_linear quantizes the activations and, from a few rows up, hands the integer product to aten::_int_mm
-    if name == "corolab::int8_linear" or name in ("aten::linear", "aten::addmm", "aten::mm", "aten::_int_mm"):
+    # int8_linear quantizes the activations and, from a few rows up, hands the integer product to aten::_int_mm.
+    # decode_layers (a decode step's layers in one call) calls int8_linear directly, so its own time is theirs;
+    # its attention has a profiler scope of its own, and SiLU x up are aten ops under it.
+    if name in ("corolab::int8_linear", "corolab::decode_layers") or name in ("aten::linear", "aten::addmm",
+                                                                               "aten::mm", "aten::_int_mm"):
         return "matmul"
     if name == "corolab::attend_decode" or "scaled_dot_product" in name or "attention" in name:
         return "attention"

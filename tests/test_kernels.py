@@ -292,6 +292,39 @@ def test_decode_steps_agree_with_the_python_path(ops, exact, kv_dtype):
         assert torch.allclose(a.values.float(), b.values.float(), atol=1e-3)
 
 
+@pytest.mark.parametrize("kv_dtype", [None, torch.float16], ids=["float32-cache", "float16-cache"])
+def test_one_call_for_all_layers_is_the_layer_loop_bit_for_bit(ops, kv_dtype):
+    """``decode_layers`` runs a decode step's layers in one call; the loop over the same kernels, layer by
+    layer, must give the same logits and the same cache, to the bit (rows of different lengths, six steps, a
+    cache that grows)."""
+    from corolab.serving.backends.kvcache import empty_cache
+    from corolab.serving.backends.cpu.llama_forward import LlamaForward
+
+    model = _quantized_tiny_llama()
+    one_call = LlamaForward(model, kernels=ops, kv_dtype=kv_dtype)
+    loop = LlamaForward(model, kernels=ops, kv_dtype=kv_dtype)
+    loop.decode_weights = None
+    assert one_call.decode_weights is not None
+    ids = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13], [0, 0, 0, 0, 7]])
+    mask = (ids != 0).long()
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    caches = {"one_call": empty_cache(2), "loop": empty_cache(2)}
+    with torch.inference_mode():
+        for step in range(6):
+            got = {name: forward(ids, mask, positions, caches[name])
+                   for name, forward in (("one_call", one_call), ("loop", loop))}
+            assert torch.equal(got["one_call"], got["loop"]), step
+            if step == 0:
+                for cache in caches.values():
+                    for layer in cache.layers:
+                        layer.set(layer.keys, layer.values, spare=2)
+            ids = got["loop"].argmax(-1, keepdim=True)
+            positions = mask.sum(dim=1, keepdim=True)
+            mask = torch.cat([mask, mask.new_ones((3, 1))], dim=1)
+    for a, b in zip(caches["one_call"].layers, caches["loop"].layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
 @pytest.mark.model
 def test_the_model_uses_the_kernels_and_agrees_with_the_python_path(smol):
     """On the embedded model in its default mode: teacher-forced through decode steps on the Python path's own

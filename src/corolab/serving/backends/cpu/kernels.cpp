@@ -18,6 +18,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -843,6 +844,43 @@ at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at:
   return out;
 }
 
+// Weights per layer that decode_layers reads, in this order.
+enum LayerWeight { kInputNorm, kQkv, kQkvScale, kQkvSum, kO, kOScale, kOSum, kPostNorm, kGateUp, kGateUpScale,
+                   kGateUpSum, kDown, kDownScale, kDownSum, kPerLayer };
+
+// A decode step through every layer in one call: for each layer, what LlamaForward's loop does with the
+// kernels (norm and q/k/v, attend_decode, o_proj plus the residual, norm and gate/up, SiLU(gate) * up,
+// down_proj plus the residual), with the same functions in the same order, so the numbers are the loop's.
+// Why: at one row the loop's Python (some ten calls per layer, each a few microseconds through the
+// dispatcher) was about a quarter of the step (benchmarks/profile_step.py, RESULTS.md).
+// weights: kPerLayer tensors per layer; keys, values: each layer's cache buffers, with room at column start.
+at::Tensor decode_layers(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin, at::TensorList weights,
+                         at::TensorList keys, at::TensorList values, int64_t start, const at::Tensor& lengths,
+                         int64_t heads, int64_t kv_heads, int64_t intermediate, double eps) {
+  const auto layers = static_cast<int64_t>(keys.size());
+  TORCH_CHECK(static_cast<int64_t>(values.size()) == layers &&
+              static_cast<int64_t>(weights.size()) == layers * kPerLayer,
+              "decode_layers: ", kPerLayer, " weights and one key and value buffer per layer expected");
+  TORCH_CHECK(hidden.dim() == 3 && hidden.size(1) == 1, "decode_layers: hidden states [B, 1, H] expected");
+  const int64_t b = hidden.size(0);
+  at::Tensor h = hidden;
+  for (int64_t i = 0; i < layers; ++i) {
+    const at::Tensor* w = &weights[i * kPerLayer];
+    auto qkv = int8_linear(h, w[kQkv], w[kQkvScale], w[kQkvSum], std::nullopt, std::nullopt, w[kInputNorm], eps);
+    at::Tensor out;
+    {  // a profiler's scope: torch.profiler sees attention apart from the int8 layers (benchmarks/profile_step.py)
+      RECORD_FUNCTION("corolab::attend_decode", std::vector<c10::IValue>());
+      out = attend_decode(qkv, cos, sin, keys[i], values[i], start, lengths, heads, kv_heads);
+    }
+    h = int8_linear(out.view({b, 1, -1}), w[kO], w[kOScale], w[kOSum], std::nullopt, h, std::nullopt, 0.0);
+    auto parts = int8_linear(h, w[kGateUp], w[kGateUpScale], w[kGateUpSum], std::nullopt, std::nullopt,
+                             w[kPostNorm], eps).split_with_sizes({intermediate, intermediate}, -1);
+    h = int8_linear(at::silu(parts[0]) * parts[1], w[kDown], w[kDownScale], w[kDownSum], std::nullopt, h,
+                    std::nullopt, 0.0);
+  }
+  return h;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(corolab, m) {
@@ -851,10 +889,14 @@ TORCH_LIBRARY(corolab, m) {
         "Tensor? residual=None, Tensor? norm=None, float eps=0.0) -> Tensor");
   m.def("attend_decode(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) keys, Tensor(b!) values, int start, "
         "Tensor lengths, int heads, int kv_heads) -> Tensor");
+  m.def("decode_layers(Tensor hidden, Tensor cos, Tensor sin, Tensor[] weights, Tensor(a!)[] keys, "
+        "Tensor(b!)[] values, int start, Tensor lengths, int heads, int kv_heads, int intermediate, float eps) "
+        "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(corolab, CPU, m) {
   m.impl("pack_int8", &pack_int8);
   m.impl("int8_linear", &int8_linear);
   m.impl("attend_decode", &attend_decode);
+  m.impl("decode_layers", &decode_layers);
 }

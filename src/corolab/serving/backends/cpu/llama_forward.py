@@ -81,6 +81,10 @@ class LlamaForward:
         self.eps = config.rms_norm_eps
         self.inv_freq = inner.rotary_emb.inv_freq.float()
         self.rope_scale = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
+        self.intermediate = self.layers[0].mlp.down_proj.in_features
+        # Every layer's weights for the kernels' decode_layers, one flat list (its LayerWeight order), when the
+        # whole decode step can be that one call: o_proj and down_proj without bias.
+        self.decode_weights = _decode_weights(self.layers) if self.kernels is not None else None
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[..., None].float() * self.inv_freq  # [B, S, d/2], float32 as in transformers
@@ -212,6 +216,19 @@ class LlamaForward:
         layer_cache.advance(1)
         return self.kernels.int8_linear(out.view(h.shape[0], 1, -1), *_weights(attn.o_proj), h)
 
+    def _decode_layers(self, h, cos, sin, lengths, cache) -> torch.Tensor:
+        """A decode step through every layer in one kernel call (``decode_layers``): the loop below, with the
+        same kernels in the same order, without its Python."""
+        rooms = [layer_cache.room(1) for layer_cache in cache.layers]
+        start = rooms[0][2]
+        assert all(room[2] == start for room in rooms), "every layer's cache holds as many columns"
+        h = self.kernels.decode_layers(h, cos, sin, self.decode_weights, [room[0] for room in rooms],
+                                       [room[1] for room in rooms], start, lengths, self.heads, self.kv_heads,
+                                       self.intermediate, self.eps)
+        for layer_cache in cache.layers:
+            layer_cache.advance(1)
+        return h
+
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         batch, queries = ids.shape
         h = self.embed(ids)
@@ -219,6 +236,9 @@ class LlamaForward:
         if self.kernels is not None and queries == 1 and all(
                 getattr(layer, "_k", None) is not None for layer in cache.layers):
             plan, block = mask.sum(dim=1), self._attention_block_fused  # each row's real key count
+            if self.decode_weights is not None:
+                h = self._decode_layers(h, cos, sin, plan, cache)
+                return self.kernels.int8_linear(h[:, -1], *_weights(self.lm_head), None, self.norm.weight, self.eps)
         else:
             plan, block = self._plan(mask, queries), self._attention_block
         for layer, layer_cache in zip(self.layers, cache.layers):
@@ -234,6 +254,23 @@ class LlamaForward:
 def _weights(layer: Int8Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """What ``int8_linear`` takes after its input: weight, scales, weight sums, bias."""
     return layer.weight_int8, layer.scale, layer.weight_sum, layer.bias
+
+
+def _decode_weights(layers: list) -> list[torch.Tensor] | None:
+    """Each layer's norms and int8 weights in ``decode_layers``' order (kernels.cpp's ``LayerWeight``), or
+    ``None`` when a layer's o_proj or down_proj has a bias (the loop then runs; Llama's and SmolLM's have none)."""
+    flat: list[torch.Tensor] = []
+    for layer in layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv, gate_up = attn.q_proj.group[0].linear, mlp.gate_proj.group[0].linear
+        if attn.o_proj.bias is not None or mlp.down_proj.bias is not None:
+            return None
+        if gate_up.weight_sum.numel() != 2 * mlp.down_proj.in_features:
+            return None  # not gate and up of the MLP's width, side by side
+        for part in (layer.input_layernorm.weight, *_weights(qkv)[:3], *_weights(attn.o_proj)[:3],
+                     layer.post_attention_layernorm.weight, *_weights(gate_up)[:3], *_weights(mlp.down_proj)[:3]):
+            flat.append(part)
+    return flat
 
 
 def _fusable(model: torch.nn.Module) -> bool:
