@@ -256,13 +256,35 @@ def _quantized_tiny_llama():
     return model
 
 
+def _step_side_by_side(forwards: dict, ids: torch.Tensor, steps: int, spare: int, same) -> dict:
+    """Run each forward on its own cache: a prefill of ``ids`` (0 is padding), then greedy decode steps, with
+    the cache left ``spare`` free columns after the prefill so that a decode step must grow it. ``same(a, b)``
+    checks each step's logits; returns the caches."""
+    from corolab.serving.backends.kvcache import empty_cache
+
+    mask = (ids != 0).long()
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    caches = {name: empty_cache(2) for name in forwards}
+    with torch.inference_mode():
+        for step in range(steps):
+            got = [forward(ids, mask, positions, caches[name]) for name, forward in forwards.items()]
+            assert same(*got), step
+            if step == 0:
+                for cache in caches.values():
+                    for layer in cache.layers:
+                        layer.set(layer.keys, layer.values, spare=spare)
+            ids = got[0].argmax(-1, keepdim=True)
+            positions = mask.sum(dim=1, keepdim=True)
+            mask = torch.cat([mask, mask.new_ones((ids.shape[0], 1))], dim=1)
+    return caches
+
+
 @pytest.mark.parametrize("kv_dtype", [None, torch.float16], ids=["float32-cache", "float16-cache"])
 @pytest.mark.parametrize("exact", [True, False], ids=["exact", "batched"])
 def test_decode_steps_agree_with_the_python_path(ops, exact, kv_dtype):
     """Rows of different lengths (left padding), a cache that must grow mid-run, seven steps: the kernels'
     logits and cache are the Python pass's, to float32 rounding. With a float16 cache both round each key and
     value as they write it, and the kernel's cache holds float16 as the Python path's does."""
-    from corolab.serving.backends.kvcache import empty_cache
     from corolab.serving.backends.cpu.llama_forward import LlamaForward
 
     model = _quantized_tiny_llama()
@@ -270,21 +292,8 @@ def test_decode_steps_agree_with_the_python_path(ops, exact, kv_dtype):
     fused = LlamaForward(model, exact=exact, kernels=ops, kv_dtype=kv_dtype)
     assert fused.kernels is not None and plain.kernels is None
     ids = torch.tensor([[0, 0, 0, 5, 6, 7], [9, 10, 11, 12, 13, 14], [0, 3, 4, 5, 6, 7]])
-    mask = (ids != 0).long()
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
-    caches = {"plain": empty_cache(2), "fused": empty_cache(2)}
-    with torch.inference_mode():
-        for step in range(7):
-            got = {name: forward(ids, mask, positions, caches[name])
-                   for name, forward in (("plain", plain), ("fused", fused))}
-            assert torch.allclose(got["plain"], got["fused"], atol=1e-3, rtol=1e-3), step
-            if step == 0:  # leave one spare column: the fused pass must grow the cache as update() would
-                for cache in caches.values():
-                    for layer in cache.layers:
-                        layer.set(layer.keys, layer.values, spare=1)
-            ids = got["plain"].argmax(-1, keepdim=True)
-            positions = mask.sum(dim=1, keepdim=True)
-            mask = torch.cat([mask, mask.new_ones((3, 1))], dim=1)
+    caches = _step_side_by_side({"plain": plain, "fused": fused}, ids, steps=7, spare=1,
+                                same=lambda a, b: torch.allclose(a, b, atol=1e-3, rtol=1e-3))
     for a, b in zip(caches["plain"].layers, caches["fused"].layers):
         assert a.keys.shape == b.keys.shape
         assert a.keys.dtype == b.keys.dtype == (kv_dtype or torch.float32)
@@ -297,7 +306,6 @@ def test_one_call_for_all_layers_is_the_layer_loop_bit_for_bit(ops, kv_dtype):
     """``decode_layers`` runs a decode step's layers in one call; the loop over the same kernels, layer by
     layer, must give the same logits and the same cache, to the bit (rows of different lengths, six steps, a
     cache that grows)."""
-    from corolab.serving.backends.kvcache import empty_cache
     from corolab.serving.backends.cpu.llama_forward import LlamaForward
 
     model = _quantized_tiny_llama()
@@ -306,21 +314,7 @@ def test_one_call_for_all_layers_is_the_layer_loop_bit_for_bit(ops, kv_dtype):
     loop.decode_weights = None
     assert one_call.decode_weights is not None
     ids = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13], [0, 0, 0, 0, 7]])
-    mask = (ids != 0).long()
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
-    caches = {"one_call": empty_cache(2), "loop": empty_cache(2)}
-    with torch.inference_mode():
-        for step in range(6):
-            got = {name: forward(ids, mask, positions, caches[name])
-                   for name, forward in (("one_call", one_call), ("loop", loop))}
-            assert torch.equal(got["one_call"], got["loop"]), step
-            if step == 0:
-                for cache in caches.values():
-                    for layer in cache.layers:
-                        layer.set(layer.keys, layer.values, spare=2)
-            ids = got["loop"].argmax(-1, keepdim=True)
-            positions = mask.sum(dim=1, keepdim=True)
-            mask = torch.cat([mask, mask.new_ones((3, 1))], dim=1)
+    caches = _step_side_by_side({"one_call": one_call, "loop": loop}, ids, steps=6, spare=2, same=torch.equal)
     for a, b in zip(caches["one_call"].layers, caches["loop"].layers):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
 
