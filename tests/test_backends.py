@@ -247,6 +247,40 @@ def test_no_row_gets_columns_it_cannot_use_beside_a_wider_one(smol):
     assert batch._cache.layers[0]._k.shape[-2] <= bound  # alone, the short row's own bound
 
 
+def test_rows_leave_and_join_in_place_and_every_reply_is_its_own(smol):
+    """A row that leaves has the last row moved into its place, and a row that joins takes a freed row of the
+    same buffer: nothing else is copied. Every reply is still, token for token, what it is alone."""
+    texts = ["Name a colour.", "Count to five.", "What is two plus two?", "Say hello in French.", "Hi."]
+    prompts = [smol.encode_chat([{"role": "user", "content": text}]) for text in texts]
+    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+
+    def alone(key):
+        batch = smol.new_batch()
+        tokens = [batch.add_many([(key, prompts[key], params)])[key]]
+        tokens += [batch.step()[key] for _ in range(15)]
+        return tokens
+
+    batch = smol.new_batch()
+    got = {key: [token] for key, token in batch.add_many([(key, prompts[key], params) for key in range(4)]).items()}
+    for _ in range(3):
+        for key, token in batch.step().items():
+            got[key].append(token)
+    buffer = batch._cache.layers[0]._k.data_ptr()
+    batch.remove(1)  # a middle row: row 3 moves into its place
+    for key, token in batch.step().items():
+        got[key].append(token)
+    assert batch._cache.layers[0]._k.data_ptr() == buffer and batch._cache.layers[0].rows == 3
+    assert [row.key for row in batch._rows] == [0, 3, 2]
+    got[4] = [batch.add_many([(4, prompts[4], params)])[4]]  # a short prompt: into the freed row
+    assert batch._cache.layers[0]._k.data_ptr() == buffer and batch._cache.layers[0].rows == 4
+    while any(len(tokens) < 16 for key, tokens in got.items() if key != 1):
+        for key, token in batch.step().items():
+            if len(got[key]) < 16:
+                got[key].append(token)
+    for key in (0, 2, 3, 4):
+        assert got[key] == alone(key), key
+
+
 def test_kv_bytes_per_token_is_what_a_cache_column_takes(smol):
     import torch
 

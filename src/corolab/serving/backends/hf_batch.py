@@ -17,7 +17,8 @@ from typing import Protocol
 import torch
 
 from corolab.serving.backends.base import Batch, Outcome, PrefillChunk
-from corolab.serving.backends.kvcache import close_holes, empty_cache, ensure_room, merge_rows, select_rows
+from corolab.serving.backends.kvcache import (close_holes, empty_cache, ensure_room, has_room, merge_rows,
+                                              room_for_rows, select_rows)
 from corolab.serving.backends.prefix import PrefixStore
 from corolab.serving.backends.sampling import RowSampler, sample
 from corolab.serving.params import SamplingParams
@@ -162,6 +163,15 @@ class HFBatch(Batch):
         # the first token is out (it came from the prefill), so each row may generate max_tokens - 1 more
         rows = [Row(key, sampler, token, max(n - 1, 0))
                 for key, sampler, token, n in zip(keys, samplers, tokens, max_tokens)]
+        if self._cache is not None and room_for_rows(self._cache, len(rows), mask.shape[1]):
+            # Into rows of the buffer that leaving rows freed: only the joining rows are copied.
+            width = self._mask.shape[1]
+            for layer, new in zip(self._cache.layers, row_cache.layers):
+                layer.place(new.keys, new.values)
+            self._mask = torch.cat([self._mask, torch.cat([mask.new_zeros((len(rows), width - mask.shape[1])), mask],
+                                                          dim=1)])
+            self._rows.extend(rows)
+            return
         width = max(mask.shape[1], 0 if self._mask is None else self._mask.shape[1])
         real = [*([] if self._mask is None else self._mask.sum(dim=1).tolist()), *mask.sum(dim=1).tolist()]
         self._cache, self._mask = merge_rows(self._cache, self._mask, row_cache, mask,
@@ -173,10 +183,10 @@ class HFBatch(Batch):
             return {}
         self._compact()
         rows = self._rows
+        if not has_room(self._cache, 1):
+            self._relayout()
         ids = torch.tensor([row.last for row in rows], device=self._b.device).unsqueeze(1)
         positions = self._mask.sum(dim=1, keepdim=True)  # real tokens so far = the new token's position
-        ensure_room(self._cache, 1, spare=_spare(self._mask.shape[1], positions.squeeze(1).tolist(),
-                                                 [row.left for row in rows]))
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
         with torch.inference_mode():
             logits = self._b.forward(ids, self._mask, positions, self._cache)
@@ -188,7 +198,7 @@ class HFBatch(Batch):
 
     def remove(self, key: int) -> None:
         """Forget a row now; its cache row is dropped before the next forward pass, together with every
-        other row that left meanwhile (requests often finish together: one copy of the cache, not one each)."""
+        other row that left meanwhile (:meth:`_compact`)."""
         self._pending.pop(key, None)
         row = next((row for row in self._rows if row.key == key and not row.gone), None)
         if row is None:
@@ -199,15 +209,44 @@ class HFBatch(Batch):
             self._cache = self._mask = None
 
     def _compact(self) -> None:
-        keep = [index for index, row in enumerate(self._rows) if not row.gone]
-        if len(keep) == len(self._rows):
+        """Drop the rows that left: each hole takes the last row still running (one row copied per hole, in
+        every layer), and the buffer keeps the freed rows for rows that join (:meth:`_join`). A new, smaller
+        buffer gives the memory back (:meth:`_relayout`) when fewer than half of its rows remain, or when it
+        is wider than the running rows may use (the widest row left): so it never holds more columns than the
+        scheduler counts (``--kv-cache-gib``)."""
+        gone = sum(row.gone for row in self._rows)
+        if not gone:
             return
-        rows = [self._rows[index] for index in keep]
-        real = self._mask[keep].sum(dim=1)
+        live = len(self._rows) - gone
+        holes = [index for index in range(live) if self._rows[index].gone]
+        movers = [index for index in range(live, len(self._rows)) if not self._rows[index].gone]
+        for target, source in zip(holes, movers):
+            for layer in self._cache.layers:
+                layer.move_row(source, target)
+            self._rows[target] = self._rows[source]
+        if holes:
+            self._mask[holes] = self._mask[movers]
+        for layer in self._cache.layers:
+            layer.drop_rows(len(self._rows) - live)
+        self._rows, self._mask = self._rows[:live], self._mask[:live]
+        buffer = self._cache.layers[0]._k.shape
+        if 2 * live < buffer[0] or buffer[-2] > _end(self._mask.sum(dim=1).tolist(), [row.left for row in self._rows]):
+            self._relayout()
+
+    def _relayout(self) -> None:
+        """A new buffer for the running rows: the columns that are padding in every row dropped, room ahead for
+        what the rows may still generate (:func:`_spare`), and no free rows. Run when a step finds no room
+        for its column (about once per reply length in a busy batch, not every step) and when the buffer has
+        more than twice the rows in use."""
+        real = self._mask.sum(dim=1)
         width = int(real.max())  # select_rows drops the columns that are padding in every row
-        self._cache, self._mask = select_rows(self._cache, self._mask, keep,
-                                              spare=_spare(width, real.tolist(), [row.left for row in rows]))
-        self._rows = rows
+        self._cache, self._mask = select_rows(self._cache, self._mask, list(range(len(self._rows))),
+                                              spare=_spare(width, real.tolist(), [row.left for row in self._rows]))
+
+
+def _end(real: list[int], left: list[int]) -> int:
+    """The columns right-aligned rows may use: the widest ``real + left``, plus the one being written."""
+    return max((r + n for r, n in zip(real, left)), default=0) + 1
 
 
 def _spare(width: int, real: list[int], left: list[int]) -> int:
@@ -217,8 +256,7 @@ def _spare(width: int, real: list[int], left: list[int]) -> int:
     is thus at most rows x max(prompt + max_tokens) columns: the bound the scheduler admits by
     (:attr:`~corolab.serving.config.ServeConfig.kv_cache_gib`). Before this cap, a short row joining a long one
     got the long row's width plus its own reply as spare: up to twice the columns."""
-    end = max((r + n for r, n in zip(real, left)), default=0) + 1
-    return min(max(64, width), max(end - width, 1))
+    return min(max(64, width), max(_end(real, left) - width, 1))
 
 
 __all__ = ["BatchModel", "HFBatch", "Row"]

@@ -7,8 +7,11 @@ past the widest row's prompt plus reply limit, the bound the scheduler admits by
 Doubling alone left up to half of the cache unused: at 32 rows of 64-token replies it held 254 columns for
 126 tokens, 190 MB of the embedded model's resident memory.
 
-Rows are left-padded to a common length; the attention mask hides the padding. Joining pads the shorter side
-on the left; leaving selects the remaining rows and trims columns that are padding for all.
+Rows are left-padded to a common length; the attention mask hides the padding. A row that leaves has the last
+row moved into its place, and a row that joins takes a freed row (``GrowableLayer.place``); only when no freed
+row fits does joining build a new buffer (``merge_rows``, padding the shorter side on the left), and only when
+the buffer runs out of columns or holds far more than its rows use does ``select_rows`` copy the rows into a
+new one, trimming the columns that are padding for all.
 """
 
 from __future__ import annotations
@@ -18,13 +21,20 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
 class GrowableLayer(DynamicLayer):
-    """One layer's keys and values in a buffer with spare columns; ``keys``/``values`` are views of it."""
+    """One layer's keys and values in a buffer with spare columns; ``keys``/``values`` are views of it.
+
+    The buffer may also hold more rows than are in use (``rows``): a row that leaves has the last row moved
+    into its place (:meth:`move_row`, :meth:`drop_rows`), and a row that joins is written into the first free
+    one (:meth:`place`). Each copies one row, not the cache: at 128 rows a step where requests left and
+    joined copied the whole cache twice, about a fifth of a busy server's model time
+    (``benchmarks/RESULTS.md``, "Rows that join and leave in place")."""
 
     def __init__(self) -> None:
         super().__init__()
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
         self.length = 0
+        self.rows = 0
 
     def set(self, keys: torch.Tensor, values: torch.Tensor, spare: int = 64) -> None:
         b, h, t, d = keys.shape
@@ -33,14 +43,44 @@ class GrowableLayer(DynamicLayer):
         self._k[:, :, :t] = keys
         self._v[:, :, :t] = values
         self.length = t
+        self.rows = b
         self._expose()
 
     def _expose(self) -> None:
         assert self._k is not None and self._v is not None
-        self.keys = self._k[:, :, : self.length]
-        self.values = self._v[:, :, : self.length]
+        self.keys = self._k[: self.rows, :, : self.length]
+        self.values = self._v[: self.rows, :, : self.length]
         self.is_initialized = True
         self.device = self._k.device
+
+    def free_rows(self) -> int:
+        """Rows of the buffer not in use: room for that many joining rows without a new buffer."""
+        return 0 if self._k is None else self._k.shape[0] - self.rows
+
+    def move_row(self, source: int, target: int) -> None:
+        """Copy row ``source`` (all its columns in use) over row ``target``."""
+        assert self._k is not None and self._v is not None
+        self._k[target, :, : self.length] = self._k[source, :, : self.length]
+        self._v[target, :, : self.length] = self._v[source, :, : self.length]
+
+    def drop_rows(self, count: int) -> None:
+        """Stop using the last ``count`` rows (their memory stays, for rows that join later)."""
+        self.rows -= count
+        self._expose()
+
+    def place(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write joining rows ([k, heads, t, dim], t <= length) into the first free rows, right-aligned at the
+        current column as every row is, with zeros in the columns before them (padding the mask hides; zeros,
+        not stale values, because a batched attention multiplies them by a weight of 0)."""
+        assert self._k is not None and self._v is not None
+        count, t = keys.shape[0], keys.shape[-2]
+        assert count <= self.free_rows() and t <= self.length
+        rows = slice(self.rows, self.rows + count)
+        for buffer, new in ((self._k, keys), (self._v, values)):
+            buffer[rows, :, : self.length - t] = 0
+            buffer[rows, :, self.length - t : self.length] = new
+        self.rows += count
+        self._expose()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):  # type: ignore[override]
         if self._k is None:
@@ -60,7 +100,7 @@ class GrowableLayer(DynamicLayer):
         assert self._k is not None and self._v is not None
         if self.length + n > self._k.shape[-2]:
             self.set(self.keys, self.values, spare=max(64, self.length + n))
-        return self._k, self._v, self.length
+        return self._k[: self.rows], self._v[: self.rows], self.length
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -77,6 +117,11 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return config.num_hidden_layers * 2 * heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+def has_room(cache: DynamicCache, columns: int) -> bool:
+    """Whether every layer's buffer has ``columns`` more columns free."""
+    return all(layer._k is not None and layer.length + columns <= layer._k.shape[-2] for layer in cache.layers)
 
 
 def ensure_room(cache: DynamicCache, columns: int, spare: int) -> None:
@@ -102,6 +147,12 @@ def left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([pad, t], dim=-2)
 
 
+def room_for_rows(cache: DynamicCache, count: int, columns: int) -> bool:
+    """Whether ``count`` rows of ``columns`` columns can join ``cache`` in place (:meth:`GrowableLayer.place`)."""
+    return all(layer._k is not None and layer.free_rows() >= count and columns <= layer.length
+               for layer in cache.layers)
+
+
 def _release(layer: GrowableLayer) -> None:
     """Free a layer that has just been copied into a new cache, before the next layer is copied: the old and
     the new cache then coexist one layer at a time, not whole (at 32 rows of the embedded model, 140 MB less
@@ -109,7 +160,7 @@ def _release(layer: GrowableLayer) -> None:
     its rows fail at their next step, as they would after any failed step."""
     layer._k = layer._v = None
     layer.keys = layer.values = None
-    layer.length = 0
+    layer.length = layer.rows = 0
 
 
 def merge_rows(batch: DynamicCache, batch_mask: torch.Tensor | None, row: DynamicCache, row_mask: torch.Tensor,
