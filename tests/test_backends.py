@@ -247,6 +247,7 @@ def test_no_row_gets_columns_it_cannot_use_beside_a_wider_one(smol):
     assert batch._cache.layers[0]._k.shape[-2] <= bound  # alone, the short row's own bound
 
 
+@pytest.mark.model
 def test_rows_leave_and_join_in_place_and_every_reply_is_its_own(smol):
     """A row that leaves has the last row moved into its place, and a row that joins takes a freed row of the
     same buffer: nothing else is copied. Every reply is still, token for token, what it is alone."""
