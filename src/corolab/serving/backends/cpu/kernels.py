@@ -3,7 +3,8 @@
 Why. At one stream a decode step of the embedded model spent about as long issuing small torch calls from
 Python as in its matmuls. ``int8_linear`` does a W8A8 layer (RMSNorm, quantize the rows, integer matmul,
 dequantize, residual add) in one call instead of about twenty; ``attend_decode`` does a layer's rotary
-embedding, cache write and attention in one. At one to four rows the matmul is a VNNI kernel of our own:
+embedding, cache write and attention in one; ``decode_layers`` runs a whole decode step's layers through
+them in one call from Python. At one to four rows the matmul is a VNNI kernel of our own:
 oneDNN's AMX gemm lays the weight out anew on every call, which at one row costs more than the matmul. On a
 CPU with AVX512-VNNI and no AMX the weights are stored packed for our own kernel at every row count
 (:func:`packed_layout`, ``pack_int8``).
