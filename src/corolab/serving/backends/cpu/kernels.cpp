@@ -1,11 +1,12 @@
 // Fused CPU kernels for the int8 path (corolab.serving.backends.cpu.kernels builds and loads this file).
 //
 // Why C++. At one stream an int8 decode step of SmolLM2-135M spent about as long issuing some 3,000 small
-// torch calls from Python as in its matmuls. Here a decode layer is five of these calls and three small torch
-// ones (RESULTS.md).
+// torch calls from Python as in its matmuls. Here a whole decode step's layers are one call (RESULTS.md).
 //   * int8_linear: Int8Linear.forward bit for bit (quantize each row, integer matmul, dequantize), with the
 //     residual add after it and, optionally, the RMSNorm before it.
-//   * attend_decode: rotary embedding, cache write and softmax attention for one decoding query per row.
+//   * attend_decode: rotary embedding, cache write and softmax attention for one decoding query per row,
+//     over a float32 or float16 cache.
+//   * decode_layers: every layer of a decode step through the two above, in LlamaForward's order.
 //
 // Why a reply stays the same alone or in any batch. Each row is computed on its own, integer sums are exact
 // in any order, and every float sum here (RMSNorm, attention) adds in one fixed order (dot, lane_total)
