@@ -22,7 +22,9 @@ when speed matters more than the same reply in every batch.
 
 With the fused kernels (:mod:`corolab.serving.backends.cpu.kernels`, int8 models on a CPU), each RMSNorm runs inside the
 int8 call that follows it, and a decode step's attention is one call per layer: the same row-by-row rule, in
-C++, with every sum in a fixed order. The Python code below stays the reference and the fallback.
+C++, with every sum in a fixed order. Where o_proj and down_proj have no bias (Llama's and SmolLM's), the
+whole decode step's layers are one call (``decode_layers``: the same kernels in the loop's order). The Python
+code below stays the reference and the fallback.
 """
 
 from __future__ import annotations
