@@ -18,7 +18,7 @@ import torch
 
 from corolab.serving.backends.base import Batch, Outcome, PrefillChunk
 from corolab.serving.backends.kvcache import (close_holes, empty_cache, ensure_room, has_room, merge_rows,
-                                              room_for_rows, select_rows)
+                                              place_rows, room_for_rows, select_rows)
 from corolab.serving.backends.prefix import PrefixStore
 from corolab.serving.backends.sampling import RowSampler, sample
 from corolab.serving.params import SamplingParams
@@ -165,11 +165,7 @@ class HFBatch(Batch):
                 for key, sampler, token, n in zip(keys, samplers, tokens, max_tokens)]
         if self._cache is not None and room_for_rows(self._cache, len(rows), mask.shape[1]):
             # Into rows of the buffer that leaving rows freed: only the joining rows are copied.
-            width = self._mask.shape[1]
-            for layer, new in zip(self._cache.layers, row_cache.layers):
-                layer.place(new.keys, new.values)
-            self._mask = torch.cat([self._mask, torch.cat([mask.new_zeros((len(rows), width - mask.shape[1])), mask],
-                                                          dim=1)])
+            self._mask = place_rows(self._cache, self._mask, row_cache, mask)
             self._rows.extend(rows)
             return
         width = max(mask.shape[1], 0 if self._mask is None else self._mask.shape[1])

@@ -8,7 +8,7 @@ Doubling alone left up to half of the cache unused: at 32 rows of 64-token repli
 126 tokens, 190 MB of the embedded model's resident memory.
 
 Rows are left-padded to a common length; the attention mask hides the padding. A row that leaves has the last
-row moved into its place, and a row that joins takes a freed row (``GrowableLayer.place``); only when no freed
+row moved into its place, and a row that joins takes a freed row (``place_rows``); only when no freed
 row fits does joining build a new buffer (``merge_rows``, padding the shorter side on the left), and only when
 the buffer runs out of columns or holds far more than its rows use does ``select_rows`` copy the rows into a
 new one, trimming the columns that are padding for all.
@@ -52,6 +52,10 @@ class GrowableLayer(DynamicLayer):
         self.values = self._v[: self.rows, :, : self.length]
         self.is_initialized = True
         self.device = self._k.device
+
+    def fits(self, columns: int) -> bool:
+        """Whether the buffer has ``columns`` more columns free after the ones in use."""
+        return self._k is not None and self.length + columns <= self._k.shape[-2]
 
     def free_rows(self) -> int:
         """Rows of the buffer not in use: room for that many joining rows without a new buffer."""
@@ -98,7 +102,7 @@ class GrowableLayer(DynamicLayer):
         :meth:`advance` then exposes what was written. ``update`` writes through it, and so does a kernel that
         writes in place (:mod:`corolab.serving.backends.cpu.kernels`)."""
         assert self._k is not None and self._v is not None
-        if self.length + n > self._k.shape[-2]:
+        if not self.fits(n):
             self.set(self.keys, self.values, spare=max(64, self.length + n))
         return self._k[: self.rows], self._v[: self.rows], self.length
 
@@ -121,14 +125,14 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
 
 def has_room(cache: DynamicCache, columns: int) -> bool:
     """Whether every layer's buffer has ``columns`` more columns free."""
-    return all(layer._k is not None and layer.length + columns <= layer._k.shape[-2] for layer in cache.layers)
+    return all(layer.fits(columns) for layer in cache.layers)
 
 
 def ensure_room(cache: DynamicCache, columns: int, spare: int) -> None:
     """Before a step that appends ``columns``: a layer whose buffer is full moves to one with ``spare`` free
     columns (at least ``columns``)."""
     for layer in cache.layers:
-        if layer._k is not None and layer.length + columns > layer._k.shape[-2]:
+        if layer._k is not None and not layer.fits(columns):
             layer.set(layer.keys, layer.values, spare=max(spare, columns))
 
 
@@ -148,9 +152,19 @@ def left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def room_for_rows(cache: DynamicCache, count: int, columns: int) -> bool:
-    """Whether ``count`` rows of ``columns`` columns can join ``cache`` in place (:meth:`GrowableLayer.place`)."""
+    """Whether ``count`` rows of ``columns`` columns can join ``cache`` in place (:func:`place_rows`)."""
     return all(layer._k is not None and layer.free_rows() >= count and columns <= layer.length
                for layer in cache.layers)
+
+
+def place_rows(batch: DynamicCache, batch_mask: torch.Tensor, row: DynamicCache, row_mask: torch.Tensor
+               ) -> torch.Tensor:
+    """Write ``row``'s cache into ``batch``'s free rows (:func:`room_for_rows` said they fit), right-aligned
+    as :func:`merge_rows` would place them, and return the batch's mask with theirs, left-padded, below it.
+    Only the joining rows are copied."""
+    for layer, new in zip(batch.layers, row.layers):
+        layer.place(new.keys, new.values)
+    return torch.cat([batch_mask, _pad_mask(row_mask, batch_mask.shape[1])])
 
 
 def _release(layer: GrowableLayer) -> None:
