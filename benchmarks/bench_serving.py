@@ -256,8 +256,10 @@ async def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                         help="model dtype for corolab (default auto), transformers serve (auto: float32) and "
                              "vLLM (auto: bfloat16)")
-    parser.add_argument("--quantize", default="auto", choices=("auto", "none", "int8"),
-                        help="corolab serve --quantize (default auto: int8 on a CPU)")
+    parser.add_argument("--quantize", default="auto",
+                        help="corolab serve --quantize (default auto: int8 on a CPU), from auto, none, int8 and "
+                             "int4; several, comma-separated, run the batched engine once each, shown as "
+                             "'batched (--quantize Q)'")
     parser.add_argument("--attention", default="exact", choices=("exact", "batched"),
                         help="corolab serve --attention (default exact)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -281,6 +283,9 @@ async def main() -> None:
                         help="seconds a request may take, first byte to last (default: corolab bench's)")
     args = parser.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
+    quantizes = [q.strip() for q in args.quantize.split(",") if q.strip()]
+    if not quantizes or set(quantizes) - {"auto", "none", "int8", "int4"}:
+        parser.error("--quantize: choose from auto, none, int8 and int4 (comma-separated)")
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = sorted(set(servers) - set(SERVERS))
     if unknown:
@@ -302,25 +307,28 @@ async def main() -> None:
         if engine == "batched" and args.batch_limits:
             limits = [int(x) for x in args.batch_limits.split(",")]
         layouts = ["default", "plain"] if engine == "batched" and args.weights == "both" else ["default"]
-        for limit in limits:
-            for layout in layouts:
-                key = engine if len(limits) == 1 else f"{engine} (max batch {limit})"
-                if layout == "plain":
-                    key += " (plain weights)"
-                print(f"corolab serve --engine {engine} --max-batch-size {limit}"
-                      + (" with COROLAB_PACKED=0" if layout == "plain" else ""), flush=True)
-                if layout == "plain":  # the server inherits it
-                    os.environ["COROLAB_PACKED"] = "0"
-                try:
-                    async with BackgroundServer(model=None, engine=engine, args=[
-                            "--max-batch-size", str(limit), "--dtype", args.dtype,
-                            "--quantize", args.quantize, "--attention", args.attention, "--device", args.device,
-                            *extra]) as server:
-                        results[key] = await measure(server.url, embedded.MODEL_ID, levels, args.requests,
-                                                     args.max_tokens, pid=server.process.pid,
-                                                     timeout=args.timeout)
-                finally:
-                    os.environ.pop("COROLAB_PACKED", None)
+        runs = [(limit, layout, quantize) for limit in limits for layout in layouts
+                for quantize in (quantizes if engine == "batched" else quantizes[:1])]
+        for limit, layout, quantize in runs:
+            key = engine if len(limits) == 1 else f"{engine} (max batch {limit})"
+            if layout == "plain":
+                key += " (plain weights)"
+            if len(quantizes) > 1 and engine == "batched":
+                key += f" (--quantize {quantize})"
+            print(f"corolab serve --engine {engine} --max-batch-size {limit} --quantize {quantize}"
+                  + (" with COROLAB_PACKED=0" if layout == "plain" else ""), flush=True)
+            if layout == "plain":  # the server inherits it
+                os.environ["COROLAB_PACKED"] = "0"
+            try:
+                async with BackgroundServer(model=None, engine=engine, args=[
+                        "--max-batch-size", str(limit), "--dtype", args.dtype,
+                        "--quantize", quantize, "--attention", args.attention, "--device", args.device,
+                        *extra]) as server:
+                    results[key] = await measure(server.url, embedded.MODEL_ID, levels, args.requests,
+                                                 args.max_tokens, pid=server.process.pid,
+                                                 timeout=args.timeout)
+            finally:
+                os.environ.pop("COROLAB_PACKED", None)
     peer_dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
     for key, continuous in (("transformers", False), ("transformers-cb", True)):
         if key not in servers:

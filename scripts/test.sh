@@ -8,7 +8,7 @@ bash scripts/setup.sh
 bash scripts/build-book.sh --fresh
 python -m pytest "$@"
 # The portable paths (README, "Portable paths"): the model tests that check replies, once more with no fused
-# kernels and no torch._int_mm. Left out: the kernels' own test (it needs them), int8's quality measure and
-# bfloat16 (neither path-dependent): about 5 minutes on the busy 2-core machine.
+# kernels and no torch._int_mm. Left out: the kernels' own test (it needs them), the quality measures of int8
+# and int4 and bfloat16 (none path-dependent): about 6 minutes on the busy 2-core machine.
 COROLAB_PORTABLE=1 python -m pytest -m model -q -p no:cacheprovider \
-  -k "not uses_the_kernels and not costs_little_quality and not bfloat16"
+  -k "not uses_the_kernels and not costs_little_quality and not costs_bounded_quality and not bfloat16"

@@ -10,6 +10,7 @@ import pytest
 from corolab.serving.backends import load_backend
 from corolab.serving.backends.fake import EOS, FakeBackend
 from corolab.serving.engine import SamplingParams
+from greedy_rows import greedy_replies
 
 
 def run_python(code: str) -> str:
@@ -303,22 +304,15 @@ def test_a_float16_kv_cache_takes_half_and_keeps_a_reply_the_same_alone_or_in_a_
     backend = load_backend(None, kv_cache_dtype="float16", threads=1)
     backend.load()
     assert backend.info.kv_bytes_per_token == 23_040
-    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     prompts = [backend.encode_chat([{"role": "user", "content": text}])
                for text in ("Name a colour.", "Count to five, please, slowly and clearly.", "Hi.")]
 
-    def replies(rows):
-        batch = backend.new_batch()
-        out = {key: [token] for key, token in batch.add_many([(key, prompts[key], params) for key in rows]).items()}
+    def float16_cache(batch):
         assert batch._cache.layers[0].keys.dtype == torch.float16
-        for _ in range(11):
-            for key, token in batch.step().items():
-                out[key].append(token)
-        return out
 
-    together = replies([0, 1, 2])
+    together = greedy_replies(backend, prompts, [0, 1, 2], 12, float16_cache)
     for key in range(3):
-        assert replies([key])[key] == together[key], key
+        assert greedy_replies(backend, prompts, [key], 12, float16_cache)[key] == together[key], key
 
 
 def test_the_thread_count_is_tuned_unless_fixed(smol):

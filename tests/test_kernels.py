@@ -353,3 +353,65 @@ def test_the_model_uses_the_kernels_and_agrees_with_the_python_path(smol):
         agree += sum(a == b for a, b in zip(reply, got))
         total += len(reply)
     assert agree / total >= 0.9, (agree, total)
+
+
+needs_vnni = pytest.mark.skipif(not kernels.has_vnni(), reason="the 4-bit kernel needs AVX512-VNNI; elsewhere "
+                                "Int4Linear's own forward runs (tested in test_quantize.py)")
+
+
+@needs_vnni
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33])
+@pytest.mark.parametrize("width,outputs,bias", [(32, 16, False), (576, 960, False), (1536, 576, True),
+                                                (96, 48, True)])
+def test_a_4_bit_layer_through_the_kernel_is_its_python_forward_bit_for_bit(ops, rows, width, outputs, bias):
+    """--quantize int4: every row count (eight rows at a time, then 1-7 left over), one and many groups of 32
+    inputs, with and without bias; the residual add and the norm before it too. One loud row keeps its own scale."""
+    from corolab.serving.backends.cpu.quantize import Int4Linear
+
+    torch.manual_seed(rows * 13 + width)
+    layer = Int4Linear(torch.nn.Linear(width, outputs, bias=bias))
+    x = torch.randn(rows, 1, width)
+    x[0, 0, 3] = 500.0
+    expected = layer(x)  # no kernels handed over yet: the Python forward
+    assert torch.equal(ops.int8_linear(x, *layer.kernel_args()), expected)
+    residual = torch.randn(rows, 1, outputs)
+    assert torch.equal(ops.int8_linear(x, *layer.kernel_args(), residual), residual + expected)
+    norm = torch.rand(width) + 0.5
+    normed = torch.nn.functional.rms_norm(x, (width,), norm, 1e-5)
+    got = ops.int8_linear(x, *layer.kernel_args(), None, norm, 1e-5)
+    assert torch.allclose(got, layer(normed), rtol=1e-3, atol=1e-3)  # torch's RMSNorm sums in its own order
+    layer.pack(ops)
+    assert torch.equal(layer(x), expected)
+
+
+@needs_vnni
+def test_a_4_bit_row_is_the_same_alone_in_a_batch_and_on_any_thread_count(ops):
+    from corolab.serving.backends.cpu.quantize import Int4Linear
+
+    torch.manual_seed(5)
+    layer = Int4Linear(torch.nn.Linear(576, 3072, bias=False))
+    x = torch.randn(21, 576)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            together = ops.int8_linear(x, *layer.kernel_args())
+            alone = torch.cat([ops.int8_linear(x[i:i + 1], *layer.kernel_args()) for i in range(len(x))])
+            assert torch.equal(together, alone), threads
+            outs.append(together)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(outs[0], out) for out in outs[1:])
+
+
+@needs_vnni
+def test_the_4_bit_kernel_refuses_a_wrong_layout(ops):
+    from corolab.serving.backends.cpu.quantize import Int4Linear
+
+    layer = Int4Linear(torch.nn.Linear(64, 32, bias=False))
+    weight, scale, offset, _ = layer.kernel_args()
+    with pytest.raises(RuntimeError, match="float16 scales"):
+        ops.int8_linear(torch.randn(1, 64), weight, scale.float(), offset)
+    with pytest.raises(RuntimeError, match="features"):
+        ops.int8_linear(torch.randn(1, 63), weight, scale, offset)

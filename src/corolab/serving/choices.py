@@ -15,11 +15,11 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 """The model's float type; ``auto``: bfloat16 on CUDA, float32 elsewhere."""
 
-Quantize = Literal["auto", "none", "int8"]
+Quantize = Literal["auto", "none", "int8", "int4"]
 """What ``--quantize`` offers; ``auto``: int8 on a CPU in float32, none elsewhere."""
 
-Quantization = Literal[Quantize, "int8-nosmooth"]
-"""What a backend accepts: ``--quantize``'s values, plus ``int8-nosmooth`` for benchmarks (no smoothing)."""
+Quantization = Literal[Quantize, "int8-nosmooth", "int4-nosmooth"]
+"""What a backend accepts: ``--quantize``'s values, plus ``int8-nosmooth`` and ``int4-nosmooth`` for benchmarks (no smoothing)."""
 
 Attention = Literal["exact", "batched"]
 """``exact``: attention row by row, a greedy reply is the same in any batch; ``batched``: one call, faster."""

@@ -7,7 +7,7 @@ speed path: a faster forward, or the reason there is none, which the backend log
 :func:`thread_tuner` for the batched engine's worker. Nothing here imports torch until one of them runs,
 so importing the backend stays cheap.
 
-- :mod:`~corolab.serving.backends.cpu.quantize`: SmoothQuant and int8 linear layers;
+- :mod:`~corolab.serving.backends.cpu.quantize`: SmoothQuant and int8 (or 4-bit) linear layers;
 - :mod:`~corolab.serving.backends.cpu.llama_forward`: the lean forward of a Llama-shaped model;
 - :mod:`~corolab.serving.backends.cpu.kernels` (with ``kernels.cpp``): the fused kernels, built once per machine;
 - :mod:`~corolab.serving.backends.cpu.allocator`: glibc's thresholds, so freed memory is reused;
@@ -16,6 +16,7 @@ so importing the backend stays cheap.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,7 @@ def faster_forward(model, *, quantization: str, exact: bool, device: str,
 
     ``quantization`` is :func:`~corolab.serving.backends.placement.pick_quantization`'s decision: ``int8``
     smooths the model on the fixed calibration messages (``encode`` tokenizes one as a chat) and swaps in int8
-    layers; ``int8-nosmooth`` skips the smoothing; ``none`` keeps the float weights. A Llama-shaped model then
+    layers (``int4``: 4-bit ones inside the blocks); ``int8-nosmooth`` and ``int4-nosmooth`` skip the smoothing; ``none`` keeps the float weights. A Llama-shaped model then
     gets :class:`~corolab.serving.backends.cpu.llama_forward.LlamaForward` (``exact``: attention row by row),
     with the fused kernels where its layers are int8 and the kernels build. ``kv_cache_dtype``
     (``--kv-cache-dtype``) is resolved here: ``auto`` is the model's dtype. Why not float16 by default: on the
@@ -62,22 +63,29 @@ def faster_forward(model, *, quantization: str, exact: bool, device: str,
     from corolab.serving.backends.cpu.llama_forward import LlamaForward, supports
     from corolab.serving.backends.cpu.quantize import CALIBRATION, quantize_linears, release_file_mapping, smooth
 
+    bits = 4 if quantization.startswith("int4") else 8
     if quantization != "none":
-        if quantization != "int8-nosmooth":
+        if not quantization.endswith("-nosmooth"):
             smooth(model, [torch.tensor([encode(text)], device=device) for text in CALIBRATION])
-        quantize_linears(model)
+        quantize_linears(model, bits)
         release_file_mapping(model)
     if not supports(model):
         return FasterForward(None, f"{type(model).__name__} is not Llama-shaped; its own forward runs "
                                    "(slower per step, the same replies)")
     kernels = None
     if quantization != "none":
-        from corolab.serving.backends.cpu.kernels import ops, packed_layout
+        from corolab.serving.backends.cpu.kernels import has_vnni, ops, packed_layout
         from corolab.serving.backends.cpu.quantize import pack_linears
 
         kernels = ops()  # fused int8 kernels, fewer calls per step; None: the Python path (ops says why)
-        if kernels is not None and packed_layout():
-            pack_linears(model, kernels)  # the weights in the layout the kernels' VNNI matmul reads fastest
+        if kernels is not None and bits == 4 and not has_vnni():
+            print("corolab: --quantize int4 has a kernel for x86 CPUs with AVX512-VNNI only; this CPU runs its "
+                  "Python path, some 30x slower a step than int8 (measured); --quantize int8 is the fast path here",
+                  file=sys.stderr)
+            kernels = None
+        if kernels is not None and (packed_layout() or bits == 4):
+            # the weights in the layout the kernels' VNNI matmul reads fastest (4-bit ones are stored in theirs)
+            pack_linears(model, kernels, int8=packed_layout())
     kv_dtype = {"float16": torch.float16, "float32": torch.float32}.get(kv_cache_dtype)
     if kv_dtype == next(model.parameters()).dtype:
         kv_dtype = None

@@ -3,7 +3,8 @@
 // Why C++. At one stream an int8 decode step of SmolLM2-135M spent about as long issuing some 3,000 small
 // torch calls from Python as in its matmuls. Here a whole decode step's layers are one call (RESULTS.md).
 //   * int8_linear: Int8Linear.forward bit for bit (quantize each row, integer matmul, dequantize), with the
-//     residual add after it and, optionally, the RMSNorm before it.
+//     residual add after it and, optionally, the RMSNorm before it. Given a 4-bit weight (uint8, packed by
+//     quantize.Int4Linear), Int4Linear.forward instead (int4_linear): --quantize int4.
 //   * attend_decode: rotary embedding, cache write and softmax attention for one decoding query per row,
 //     over a float32 or float16 cache.
 //   * decode_layers: every layer of a decode step through the two above, in LlamaForward's order.
@@ -26,6 +27,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -350,6 +352,121 @@ at::Tensor packed_int_mm(const at::Tensor& codes, const at::Tensor& packed, cons
   return out;
 }
 
+// W4A8: 4-bit weights in groups of kInt4Group inputs, each group of an output with its own float16 scale and
+// offset (weight ~ code * scale + offset, code 0..15), against int8 activation codes. For --quantize int4
+// (quantize.Int4Linear, which quantizes and packs in Python).
+//
+// Why. At one stream a decode step reads every weight once and waits on memory: the embedded model's int8
+// weights are 134 MB a token. Four bits with a float16 scale and offset per 32 weights are 5 bits a weight.
+//
+// Layout, [n/16][k/8][16][4] bytes: byte (j, p, c, t) holds the code of weight (16 j + c, 8 p + t) in its low
+// nibble and of weight (16 j + c, 8 p + 4 + t) in its high one, so one 64-byte load gives two of the vectors VNNI
+// multiplies (sixteen outputs by four inputs each). Codes are unsigned, VNNI's unsigned operand; the activation
+// codes are the signed one. A group's share of an output is
+//   sum a (code * scale + offset) = scale * (sum a code) + offset * (sum a),
+// two integer sums, exact, and exact as floats too (|sum| < 2^24). A row's output adds each group's two products
+// in group order, each rounded then added: the same for any batch, thread count or tile, and what
+// Int4Linear.forward computes in torch. Each output is then times amax / 127, the row's activation scale.
+constexpr int64_t kInt4Group = 32;
+
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vnni,f16c")))
+void int4_tile(const int8_t* a, const float* asum, int64_t k, const uint8_t* w, const uint16_t* scales,
+               const uint16_t* offsets, float* out, int64_t n) {
+  const int64_t groups = k / kInt4Group;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i wv[8];  // inputs 32 g + 4 i .. + 3 of the sixteen outputs, i = 0..7
+    for (int p = 0; p < 4; ++p) {
+      const __m512i v = _mm512_loadu_si512(w + (g * 4 + p) * 64);
+      wv[2 * p] = _mm512_and_si512(v, low);
+      wv[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    }
+    const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + g * 16)));
+    const __m512 o = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(offsets + g * 16)));
+    for (int r = 0; r < R; ++r) {
+      const int8_t* ar = a + r * k + g * kInt4Group;
+      __m512i chain[4];  // four short chains of dot products, summed: integers, exact in any order
+      for (int i = 0; i < 4; ++i) {
+        int32_t four;
+        std::memcpy(&four, ar + 4 * i, 4);
+        chain[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[i], _mm512_set1_epi32(four));
+      }
+      for (int i = 4; i < 8; ++i) {
+        int32_t four;
+        std::memcpy(&four, ar + 4 * i, 4);
+        chain[i - 4] = _mm512_dpbusd_epi32(chain[i - 4], wv[i], _mm512_set1_epi32(four));
+      }
+      const __m512 dot = _mm512_cvtepi32_ps(
+          _mm512_add_epi32(_mm512_add_epi32(chain[0], chain[1]), _mm512_add_epi32(chain[2], chain[3])));
+      acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(dot, s));
+      acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_set1_ps(asum[r * groups + g]), o));
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * n, acc[r]);
+}
+
+// Blocks [begin, end) of sixteen outputs for every row, eight rows at a time (a group's weights unpacked once
+// for eight rows: eight vectors, eight float sums and a row's two integer ones fit the 32 registers).
+__attribute__((target("avx512f,avx512bw,avx512vnni,f16c")))
+void int4_blocks(const int8_t* a, const float* asum, int64_t m, int64_t k, const uint8_t* w,
+                 const uint16_t* scales, const uint16_t* offsets, int64_t n, int64_t begin, int64_t end, float* out) {
+  const int64_t strip = k * 8, groups = k / kInt4Group;  // bytes of one block's codes; 16 x groups scales a block
+  for (int64_t b = begin; b < end; ++b) {
+    const uint8_t* wb = w + b * strip;
+    const uint16_t* sb = scales + b * groups * 16;
+    const uint16_t* ob = offsets + b * groups * 16;
+    float* yb = out + b * 16;
+    int64_t r = 0;
+#define COROLAB_INT4_TILE(R) int4_tile<R>(a + r * k, asum + r * groups, k, wb, sb, ob, yb + r * n, n)
+    for (; r + 8 <= m; r += 8) COROLAB_INT4_TILE(8);
+    switch (m - r) {
+      case 7: COROLAB_INT4_TILE(7); break;
+      case 6: COROLAB_INT4_TILE(6); break;
+      case 5: COROLAB_INT4_TILE(5); break;
+      case 4: COROLAB_INT4_TILE(4); break;
+      case 3: COROLAB_INT4_TILE(3); break;
+      case 2: COROLAB_INT4_TILE(2); break;
+      case 1: COROLAB_INT4_TILE(1); break;
+      default: break;
+    }
+#undef COROLAB_INT4_TILE
+  }
+}
+
+// Float sums [m, n]: for each row and output, over groups in order, scale * (sum a code) + offset * (sum a).
+at::Tensor int4_mm(const at::Tensor& codes, const at::Tensor& packed, const at::Tensor& scales,
+                   const at::Tensor& offsets) {
+  TORCH_CHECK(has_vnni(), "int8_linear: a 4-bit weight needs AVX512-VNNI");
+  const int64_t m = codes.size(0), k = codes.size(1), blocks = packed.size(0), n = blocks * 16;
+  TORCH_CHECK(packed.is_contiguous() && packed.size(1) * 8 == k && packed.size(2) == 16 && packed.size(3) == 4,
+              "int8_linear: 4-bit weight layout [out/16, in/8, 16, 4] expected");
+  TORCH_CHECK(k % kInt4Group == 0, "int8_linear: 4-bit weights need inputs in groups of ", kInt4Group);
+  const int64_t groups = k / kInt4Group;
+  for (const at::Tensor* t : {&scales, &offsets})
+    TORCH_CHECK(t->scalar_type() == at::kHalf && t->is_contiguous() && t->numel() == n * groups,
+                "int8_linear: float16 scales and offsets [out/16, in/", kInt4Group, ", 16] expected");
+  const int8_t* a = codes.const_data_ptr<int8_t>();
+  std::vector<float> asum(m * groups);  // each row's sum of codes per group, an integer, exact as a float
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t total = 0;
+      for (int64_t i = 0; i < kInt4Group; ++i) total += a[r * k + g * kInt4Group + i];
+      asum[r * groups + g] = static_cast<float>(total);
+    }
+  auto out = at::empty({m, n}, codes.options().dtype(at::kFloat));
+  const uint8_t* w = packed.const_data_ptr<uint8_t>();
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.const_data_ptr<at::Half>());
+  const uint16_t* opp = reinterpret_cast<const uint16_t*>(offsets.const_data_ptr<at::Half>());
+  float* yp = out.mutable_data_ptr<float>();
+  at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
+    int4_blocks(a, asum.data(), m, k, w, sp, opp, n, begin, end, yp);
+  });
+  return out;
+}
+
 #endif
 
 // An int8 [n, k] weight in the packed layout packed_int_mm reads: [n/16, k/4, 16, 4], with
@@ -381,18 +498,9 @@ at::Tensor int_mm(const at::Tensor& codes, const at::Tensor& weight, const at::T
   return at::_int_mm(codes, weight.t());
 }
 
-// One W8A8 linear layer: Int8Linear.forward, bit for bit; with `norm`, the RMSNorm before it (rms_norm_rows);
-// with `residual`, the residual add after it (o_proj, down_proj).
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
-                       const at::Tensor& weight_sum, const std::optional<at::Tensor>& bias,
-                       const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm, double eps) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "int8_linear: float32 input expected");
-  const bool packed = weight.dim() == 4;  // pack_int8's layout: [out/16, in/4, 16, 4]
-  TORCH_CHECK(weight.scalar_type() == at::kChar && (weight.dim() == 2 || packed),
-              "int8_linear: int8 [out, in] weight (or pack_int8's) expected");
-  const int64_t n = packed ? weight.size(0) * 16 : weight.size(0);
-  const int64_t k = packed ? weight.size(1) * 4 : weight.size(1);
-  TORCH_CHECK(x.size(-1) == k, "int8_linear: input has ", x.size(-1), " features, the weight ", k);
+// The RMSNorm (when given), then the int8 codes of x's rows and each row's amax: what both linears quantize.
+std::tuple<at::Tensor, at::Tensor> quantized_rows(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& norm,
+                                                  double eps) {
   auto rows = x.reshape({-1, k}).contiguous();
   const int64_t r = rows.size(0);
   if (norm.has_value() && norm->defined()) {  // the RMSNorm before q/k/v, gate/up and the LM head
@@ -406,6 +514,72 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   auto codes = at::empty({r, k}, x.options().dtype(at::kChar));
   auto amax = at::empty({r}, x.options());
   quantize_rows(rows.const_data_ptr<float>(), r, k, codes.mutable_data_ptr<int8_t>(), amax.mutable_data_ptr<float>());
+  return {codes, amax};
+}
+
+// Int4Linear.forward: int8 codes of each row, the W4A8 sums (int4_mm), then each output times the row's
+// amax * (1/127), plus the bias, and the residual plus that.
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
+                       const at::Tensor& offsets, const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                       const std::optional<at::Tensor>& norm, double eps) {
+#ifdef COROLAB_X86
+  TORCH_CHECK(weight.dim() == 4, "int8_linear: 4-bit weight layout [out/16, in/8, 16, 4] expected");
+  const int64_t n = weight.size(0) * 16, k = weight.size(1) * 8;
+  TORCH_CHECK(x.size(-1) == k, "int8_linear: input has ", x.size(-1), " features, the weight ", k);
+  auto [codes, amax] = quantized_rows(x, k, norm, eps);
+  const int64_t r = codes.size(0);
+  auto out = int4_mm(codes, weight, scales, offsets);
+  const float* bp = nullptr;
+  const float* rp = nullptr;
+  at::Tensor bias_f, residual_f;
+  if (bias.has_value() && bias->defined()) {
+    bias_f = bias->contiguous();
+    TORCH_CHECK(bias_f.scalar_type() == at::kFloat && bias_f.numel() == n, "int8_linear: float32 bias per output");
+    bp = bias_f.const_data_ptr<float>();
+  }
+  if (residual.has_value() && residual->defined()) {
+    residual_f = residual->reshape({-1, n}).contiguous();
+    TORCH_CHECK(residual_f.scalar_type() == at::kFloat && residual_f.size(0) == r, "int8_linear: residual shape");
+    rp = residual_f.const_data_ptr<float>();
+  }
+  float* y = out.mutable_data_ptr<float>();
+  const float* am = amax.const_data_ptr<float>();
+  constexpr float kInv127 = 1.0f / 127.0f;
+  at::parallel_for(0, r, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const float m = am[row] * kInv127;
+      float* yr = y + row * n;
+      for (int64_t j = 0; j < n; ++j) {
+        float v = yr[j] * m;
+        if (bp != nullptr) v = v + bp[j];
+        yr[j] = rp != nullptr ? rp[row * n + j] + v : v;
+      }
+    }
+  });
+  auto shape = x.sizes().vec();
+  shape.back() = n;
+  return out.view(shape);
+#else
+  TORCH_CHECK(false, "int8_linear: 4-bit weights need an x86 CPU with AVX512-VNNI");
+#endif
+}
+
+// One W8A8 linear layer: Int8Linear.forward, bit for bit; with `norm`, the RMSNorm before it (rms_norm_rows);
+// with `residual`, the residual add after it (o_proj, down_proj).
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                       const at::Tensor& weight_sum, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm, double eps) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "int8_linear: float32 input expected");
+  if (weight.scalar_type() == at::kByte)  // quantize.Int4Linear: its offsets come where weight sums do
+    return int4_linear(x, weight, scale, weight_sum, bias, residual, norm, eps);
+  const bool packed = weight.dim() == 4;  // pack_int8's layout: [out/16, in/4, 16, 4]
+  TORCH_CHECK(weight.scalar_type() == at::kChar && (weight.dim() == 2 || packed),
+              "int8_linear: int8 [out, in] weight (or pack_int8's) expected");
+  const int64_t n = packed ? weight.size(0) * 16 : weight.size(0);
+  const int64_t k = packed ? weight.size(1) * 4 : weight.size(1);
+  TORCH_CHECK(x.size(-1) == k, "int8_linear: input has ", x.size(-1), " features, the weight ", k);
+  auto [codes, amax] = quantized_rows(x, k, norm, eps);
+  const int64_t r = codes.size(0);
   auto acc = int_mm(codes, weight, weight_sum);
   auto scale_f = scale.contiguous();
   TORCH_CHECK(scale_f.scalar_type() == at::kFloat && scale_f.numel() == n, "int8_linear: float32 scale per output");
@@ -845,7 +1019,7 @@ at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at:
   return out;
 }
 
-// Weights per layer that decode_layers reads, in this order.
+// Weights per layer that decode_layers reads, in this order (a 4-bit layer's offsets stand where the sums do).
 enum LayerWeight { kInputNorm, kQkv, kQkvScale, kQkvSum, kO, kOScale, kOSum, kPostNorm, kGateUp, kGateUpScale,
                    kGateUpSum, kDown, kDownScale, kDownSum, kPerLayer };
 

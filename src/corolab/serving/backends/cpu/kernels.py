@@ -76,6 +76,14 @@ def _build():  # -> torch.ops namespace
     return torch.ops.corolab
 
 
+def has_vnni() -> bool:
+    """Whether this CPU has AVX512 with VNNI, which the kernels' own matmuls (packed int8, 4-bit) need."""
+    import torch
+
+    caps = torch.cpu.get_capabilities()
+    return all(caps.get(flag) for flag in ("avx512_f", "avx512_bw", "avx512_vnni"))
+
+
 def packed_layout() -> bool:
     """Whether int8 weights should be stored packed for the kernels' own VNNI matmul (``pack_int8``) rather
     than plain for oneDNN's ``_int_mm``: on x86 CPUs with AVX512-VNNI and without AMX. There it was measured
@@ -87,8 +95,7 @@ def packed_layout() -> bool:
     if os.environ.get("COROLAB_PACKED", "1") == "0":
         return False
 
-    caps = torch.cpu.get_capabilities()
-    return all(caps.get(flag) for flag in ("avx512_f", "avx512_bw", "avx512_vnni")) and not caps.get("amx_int8")
+    return has_vnni() and not torch.cpu.get_capabilities().get("amx_int8")
 
 
 def ops():  # -> torch.ops.corolab | None

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from corolab.serving.backends.cpu.quantize import FusedPart, Int8Linear
+from corolab.serving.backends.cpu.quantize import QUANTIZED, FusedPart, Int4Linear
 
 # Prefill attention pads its keys and queries to blocks of this many: a multiple of every vector width and of
 # SDPA's query blocks below 768 queries, so no sum has a tail and no query a block that depend on the prompt.
@@ -174,7 +174,7 @@ class LlamaForward:
 
     def _linear(self, layer: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``residual + layer(x)``; an int8 layer in one fused call when the kernels are loaded."""
-        if self.kernels is not None and isinstance(layer, Int8Linear):
+        if self.kernels is not None and isinstance(layer, QUANTIZED):
             return self.kernels.int8_linear(x, *_weights(layer), residual)
         return layer(x) if residual is None else residual + layer(x)
 
@@ -253,9 +253,9 @@ class LlamaForward:
         return self._linear(self.lm_head, last)
 
 
-def _weights(layer: Int8Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """What ``int8_linear`` takes after its input: weight, scales, weight sums, bias."""
-    return layer.weight_int8, layer.scale, layer.weight_sum, layer.bias
+def _weights(layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What ``int8_linear`` takes after its input (an int8 or a 4-bit layer): weight, scales, weight sums, bias."""
+    return layer.kernel_args()
 
 
 def _decode_weights(layers: list) -> list[torch.Tensor] | None:
@@ -267,7 +267,7 @@ def _decode_weights(layers: list) -> list[torch.Tensor] | None:
         qkv, gate_up = attn.q_proj.group[0].linear, mlp.gate_proj.group[0].linear
         if attn.o_proj.bias is not None or mlp.down_proj.bias is not None:
             return None
-        if gate_up.weight_sum.numel() != 2 * mlp.down_proj.in_features:
+        if gate_up.out_features != 2 * mlp.down_proj.in_features:
             return None  # not gate and up of the MLP's width, side by side
         for part in (layer.input_layernorm.weight, *_weights(qkv)[:3], *_weights(attn.o_proj)[:3],
                      layer.post_attention_layernorm.weight, *_weights(gate_up)[:3], *_weights(mlp.down_proj)[:3]):
@@ -279,12 +279,14 @@ def _fusable(model: torch.nn.Module) -> bool:
     """The kernels' path needs what :func:`corolab.serving.backends.cpu.quantize.quantize_linears` makes of a Llama-shaped
     float32 model: q/k/v and gate/up each fused into one int8 layer without bias (the norm before them runs
     inside that call), int8 o_proj, down_proj and LM head."""
-    if not isinstance(getattr(model, "lm_head", None), Int8Linear):
+    if not isinstance(getattr(model, "lm_head", None), QUANTIZED):
         return False
+    if any(isinstance(m, Int4Linear) and m._kernels is None for m in model.modules()):
+        return False  # 4-bit layers left to their Python forward (no VNNI here)
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         fused = (attn.q_proj, mlp.gate_proj)
         if not (all(isinstance(part, FusedPart) and part.group[0].linear.bias is None for part in fused)
-                and isinstance(attn.o_proj, Int8Linear) and isinstance(mlp.down_proj, Int8Linear)):
+                and isinstance(attn.o_proj, QUANTIZED) and isinstance(mlp.down_proj, QUANTIZED)):
             return False
     return True

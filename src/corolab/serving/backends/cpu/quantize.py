@@ -77,6 +77,14 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return mm(a, b)
 
 
+def row_codes(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's int8 codes and its largest magnitude (``amax``, [rows, 1]): the activation side of both
+    :class:`Int8Linear` and :class:`Int4Linear`, and what the kernels' ``quantize_rows`` computes."""
+    # Not torch.linalg.vector_norm(ord=inf): the same numbers, but 12x slower at 32 rows (measured, torch 2.13).
+    amax = rows.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12)
+    return (rows * (127.0 / amax)).round_().to(torch.int8), amax
+
+
 class Int8Linear(torch.nn.Module):
     """A drop-in for ``torch.nn.Linear`` (weights int8 per output channel, activations int8 per row)."""
 
@@ -101,13 +109,15 @@ class Int8Linear(torch.nn.Module):
         self.weight_int8 = kernels.pack_int8(self.weight_int8)
         self._kernels = kernels
 
+    def kernel_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """What the kernels' ``int8_linear`` takes after its input: weight, scales, weight sums, bias."""
+        return self.weight_int8, self.scale, self.weight_sum, self.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernels is not None:  # packed: only the kernel reads this layout (it is Int8Linear's arithmetic)
             return self._kernels.int8_linear(x, self.weight_int8, self.scale, self.weight_sum, self.bias)
         rows = x.reshape(-1, self.in_features)
-        # Not torch.linalg.vector_norm(ord=inf): the same numbers, but 12x slower at 32 rows (measured, torch 2.13).
-        amax = rows.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12)
-        q = (rows * (127.0 / amax)).round_().to(torch.int8)
+        q, amax = row_codes(rows)
         # int32 sums to float first, then one in-place multiply: the int32 tensor times a float one goes
         # through type promotion, 5x slower at 2 threads (measured at 496 x 3072, torch 2.13; 1.2x at one thread).
         # The same numbers as that product, bit for bit. Not two multiplies (by amax, then by scale): their
@@ -120,6 +130,122 @@ class Int8Linear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, W8A8 per token"
+
+
+INT4_GROUP = 32
+"""Inputs per 4-bit group (the kernels' ``kInt4Group``): each group of 32 weights of an output has its own scale
+and offset."""
+
+INT4_RANGE_SHRINK = (1.0, 0.93, 0.86, 0.8)
+"""Where a group's range may end, as fractions of its smallest and of its largest weight (each side on its own):
+the pair whose 16 levels are nearest the weights (least squared error) wins. 1.0 clips nothing; less clips the
+extreme weights and gives the rest finer steps. On the embedded model this search took the teacher-forced loss
+from 1.25x float32's (the full range) to 1.21x (measured with benchmarks/bench_quantize.py's measure)."""
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """4-bit codes (0..15, [out, in]) in the layout the kernels' ``int4_mm`` reads, [out/16, in/8, 16, 4] bytes:
+    byte (j, p, c, t) holds code (16 j + c, 8 p + t) in its low nibble and code (16 j + c, 8 p + 4 + t) in its
+    high one."""
+    n, k = codes.shape
+    u = codes.to(torch.uint8).view(n // 16, 16, k // 8, 2, 4).permute(0, 2, 1, 3, 4)
+    return (u[:, :, :, 0] | (u[:, :, :, 1] << 4)).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """:func:`pack_int4` undone: the codes, 0..15, [out, in] (uint8)."""
+    blocks, octets = packed.shape[:2]
+    halves = torch.stack((packed & 0x0F, packed >> 4), dim=3)  # [out/16, in/8, 16, 2, 4]
+    return halves.permute(0, 2, 1, 3, 4).reshape(blocks * 16, octets * 8)
+
+
+def int4_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per group of ``weight`` [..., groups, INT4_GROUP]: a float16 scale and offset, and codes 0..15 (uint8) with
+    ``weight ~ code * scale + offset``; the range is the best of :data:`INT4_RANGE_SHRINK`'s pairs."""
+    low, high = weight.amin(dim=-1), weight.amax(dim=-1)
+    best = None
+    for low_part in INT4_RANGE_SHRINK:
+        for high_part in INT4_RANGE_SHRINK:
+            start, end = low * low_part, high * high_part
+            scale = ((end - start) / 15.0).to(torch.float16)
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant group: codes 0
+            offset = start.to(torch.float16)
+            codes = ((weight - offset.float()[..., None]) / scale.float()[..., None]).round_().clamp_(0, 15)
+            error = (codes * scale.float()[..., None] + offset.float()[..., None] - weight).square_().sum(dim=-1)
+            if best is None:
+                best = [scale, offset, codes, error]
+                continue
+            better = error < best[3]
+            best = [torch.where(better, scale, best[0]), torch.where(better, offset, best[1]),
+                    torch.where(better[..., None], codes, best[2]), torch.minimum(error, best[3])]
+    return best[0], best[1], best[2].to(torch.uint8)
+
+
+class Int4Linear(torch.nn.Module):
+    """``--quantize int4``: weights in 4 bits, each group of :data:`INT4_GROUP` inputs of an output with a float16
+    scale and offset (as llama.cpp's Q4_1 stores them), activations int8 per row (W4A8).
+
+    Why. At one stream a decode step reads every weight once and waits on memory: 5 bits a weight (codes, scale
+    and offset) is 0.62x the bytes of int8. The price is quality (RESULTS.md, "4-bit weights"). A reply is still
+    the same alone or in any batch: each row is computed on its own, each group's integer sum is exact, and the
+    groups add in one fixed order. The kernels compute this class's :meth:`forward` bit for bit.
+
+    A group's share of an output: sum a (code * scale + offset) = scale * (sum a code) + offset * (sum a), for
+    a row's int8 codes ``a``; both sums are integers, exact."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        n, k = linear.out_features, linear.in_features
+        if n % 16 or k % INT4_GROUP:
+            raise ValueError(f"4-bit layers need outputs in sixteens and inputs in {INT4_GROUP}s, not {n} x {k}")
+        scale, offset, codes = int4_codes(linear.weight.detach().float().view(n, k // INT4_GROUP, INT4_GROUP))
+        self.register_buffer("weight_int4", pack_int4(codes.view(n, k)))
+        # [out/16, groups, 16]: sixteen outputs' scales (offsets) of a group side by side, one load for the kernel
+        self.register_buffer("group_scale", scale.view(n // 16, 16, -1).transpose(1, 2).contiguous())
+        self.register_buffer("group_offset", offset.view(n // 16, 16, -1).transpose(1, 2).contiguous())
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self.in_features, self.out_features = k, n
+        self._kernels = None  # set by pack(): the kernels read this layout directly
+
+    def pack(self, kernels) -> None:
+        """Run through the kernels from now on (the layout is already theirs)."""
+        self._kernels = kernels
+
+    def kernel_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """What the kernels' ``int8_linear`` takes after its input: a 4-bit weight takes its offsets where an int8
+        one takes its weight sums."""
+        return self.weight_int4, self.group_scale, self.group_offset, self.bias
+
+    def _per_output(self, grouped: torch.Tensor) -> torch.Tensor:
+        """[out/16, groups, 16] to [out, groups], float32."""
+        return grouped.transpose(1, 2).reshape(self.out_features, -1).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernels is not None:
+            return self._kernels.int8_linear(x, *self.kernel_args())
+        rows = x.reshape(-1, self.in_features)
+        q, amax = row_codes(rows)
+        groups = self.in_features // INT4_GROUP
+        a = q.float().view(-1, groups, INT4_GROUP)
+        # Each group's integer sums, in float32: every partial sum is an integer under 2**24, exact in any order.
+        dots = torch.einsum("rgi,ngi->grn", a, unpack_int4(self.weight_int4).float().view(-1, groups, INT4_GROUP))
+        sums = a.sum(dim=2)  # [rows, groups]
+        scale, offset = self._per_output(self.group_scale), self._per_output(self.group_offset)
+        out = torch.zeros(rows.shape[0], self.out_features)
+        for g in range(groups):  # in group order, each product rounded then added: the kernel's order
+            out.add_(dots[g] * scale[:, g])
+            out.add_(sums[:, g, None] * offset[:, g])
+        out.mul_(amax * (1.0 / 127.0))
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, W4A8, groups of {INT4_GROUP}"
+
+
+QUANTIZED = (Int8Linear, Int4Linear)
+"""The quantized layer classes; LlamaForward's kernel path takes either."""
 
 
 CALIBRATION = [
@@ -187,13 +313,13 @@ class FusedInt8(torch.nn.Module):
     stacked weights: the input is quantized once and one matmul does the work of three. Each original layer is
     replaced by a :class:`FusedPart`; the first part called computes all outputs, the others reuse them."""
 
-    def __init__(self, linears: list[torch.nn.Linear]) -> None:
+    def __init__(self, linears: list[torch.nn.Linear], layer: type = Int8Linear) -> None:
         super().__init__()
         stacked = torch.nn.Linear(linears[0].in_features, sum(lin.out_features for lin in linears), bias=False,
                                   dtype=linears[0].weight.dtype)
         with torch.no_grad():
             stacked.weight.copy_(torch.cat([lin.weight for lin in linears]))
-        self.linear = Int8Linear(stacked)
+        self.linear = layer(stacked)
         self.sizes = [lin.out_features for lin in linears]
         # Per thread: the threads engine runs several forward passes on one model at once, and a shared
         # "last input" let one thread's q/k/v come from another's. The input is held, so no other tensor can
@@ -229,10 +355,19 @@ def _swap(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def quantize_linears(model: torch.nn.Module) -> int:
+def quantize_linears(model: torch.nn.Module, bits: int = 8) -> int:
     """Replace every ``nn.Linear`` of ``model`` (the LM head too, untied from the embedding) by int8 layers;
     returns how many. In a Llama-shaped model q/k/v and gate/up are fused (:class:`FusedInt8`). The input
-    embedding stays in its float dtype: a lookup, not a matmul, so int8 would save memory but no time."""
+    embedding stays in its float dtype: a lookup, not a matmul, so int8 would save memory but no time.
+
+    ``bits=4``: the layers inside the transformer blocks are :class:`Int4Linear` where their shape allows; the LM
+    head stays int8, as llama.cpp keeps its output layer wider than Q4 (RESULTS.md measures why)."""
+    fused_class = Int4Linear if bits == 4 else Int8Linear
+
+    def quantized(linear: torch.nn.Linear, name: str) -> torch.nn.Module:
+        fits = linear.out_features % 16 == 0 and linear.in_features % INT4_GROUP == 0
+        return Int4Linear(linear) if bits == 4 and fits and name != "lm_head" else Int8Linear(linear)
+
     count = 0
     for layer in getattr(getattr(model, "model", None), "layers", None) or []:
         for owner, names in ((getattr(layer, "self_attn", None), ("q_proj", "k_proj", "v_proj")),
@@ -240,22 +375,24 @@ def quantize_linears(model: torch.nn.Module) -> int:
             linears = [getattr(owner, name, None) for name in names]
             if not all(isinstance(lin, torch.nn.Linear) and lin.bias is None for lin in linears):
                 continue
-            group = FusedInt8(linears)
+            fits = sum(lin.out_features for lin in linears) % 16 == 0 and linears[0].in_features % INT4_GROUP == 0
+            group = FusedInt8(linears, fused_class if fits else Int8Linear)
             owner.add_module("fused_" + "_".join(n.removesuffix("_proj") for n in names), group)
             for index, name in enumerate(names):
                 setattr(owner, name, FusedPart(group, index))
             count += len(names)
     targets = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     for name in targets:
-        _swap(model, name, Int8Linear(model.get_submodule(name)))
+        _swap(model, name, quantized(model.get_submodule(name), name))
     return count + len(targets)
 
 
-def pack_linears(model: torch.nn.Module, kernels) -> int:
+def pack_linears(model: torch.nn.Module, kernels, int8: bool = True) -> int:
     """Pack every :class:`Int8Linear` of ``model`` whose shape the packed layout takes (outputs a multiple of 16,
-    inputs of 4) for ``kernels``; returns how many."""
-    layers = [m for m in model.modules() if isinstance(m, Int8Linear)
-              and m.out_features % 16 == 0 and m.in_features % 4 == 0]
+    inputs of 4) for ``kernels`` (``int8=False``: leave them plain), and hand every :class:`Int4Linear` to the
+    kernels; returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, Int4Linear) or (
+        int8 and isinstance(m, Int8Linear) and m.out_features % 16 == 0 and m.in_features % 4 == 0)]
     for layer in layers:
         layer.pack(kernels)
     return len(layers)
