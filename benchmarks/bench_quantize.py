@@ -9,6 +9,9 @@ Variants of the embedded SmolLM2-135M-Instruct, each loaded in this process:
 * ``int8+smooth``: the same after SmoothQuant factors are folded in: what ``--quantize int8`` (the CPU default) serves;
 * ``int8+smooth/batched``: ``--attention batched``: ``LlamaForward`` with one attention call for the batch;
 * ``int8+smooth/hf``: that, through transformers' forward (batched attention: not bit-exact across batches);
+* ``int4``, ``int4+smooth``: 4-bit weights in the blocks (``Int4Linear``, the LM head int8), without and with the
+  smoothing; ``int4`` is what ``--quantize int4`` serves (smoothing moves range into the weights, which costs
+  4-bit ones more than it gives the int8 activations);
 * ``ao-dynamic``: ``torch.ao.quantization.quantize_dynamic`` (fbgemm, one activation scale per batch), for reference.
 
 Speed: milliseconds per decode step of ``HFBatch`` at batch 1, 8 and 32 (best of ``--rounds`` interleaved rounds, so
@@ -38,13 +41,14 @@ from corolab.serving.params import SamplingParams
 PROMPTS = ["Tell me a story about a cat.", "What is the capital of France?", "Write a haiku about autumn.",
            "Explain recursion in one paragraph.", "List three prime numbers.", "Who wrote Hamlet?"]
 VARIANTS = ("float32", "float32/hf", "bfloat16", "int8", "int8+smooth", "int8+smooth/batched", "int8+smooth/hf",
-            "ao-dynamic")
+            "int4", "int4+smooth", "ao-dynamic")
 
 
 def load(variant: str) -> HFBackend:
     base, _, forward = variant.partition("/")
     dtype = "bfloat16" if base == "bfloat16" else "float32"
-    quantize = {"int8": "int8-nosmooth", "int8+smooth": "int8"}.get(base, "none")
+    quantize = {"int8": "int8-nosmooth", "int8+smooth": "int8", "int4": "int4",
+                "int4+smooth": "int4-smooth"}.get(base, "none")
     config = ModelConfig(model=str(embedded.ensure_converted()), dtype=dtype, quantize=quantize, prefix_cache=False)
     backend = HFBackend(config)
     backend.load()

@@ -272,7 +272,8 @@ def test_int4_replies_are_the_same_alone_or_in_a_batch(smol_int4):
 
 @pytest.mark.model
 def test_int4_costs_bounded_quality(smol_int4):
-    """Teacher-forced on float32's greedy replies, int4's loss stays within 1.35x float32's (measured 1.19x;
-    int8's 0.99x; RESULTS.md, "4-bit weights")."""
+    """Teacher-forced on float32's greedy replies, int4's loss stays within 1.2x float32's: measured 1.10x on
+    these replies (1.05x over bench_quantize.py's six), 1.26x had it been smoothed as int8 is, int8's 0.99x
+    (RESULTS.md, "4-bit weights")."""
     losses = _teacher_forced_losses(smol_int4)
-    assert losses["quantized"] < 1.35 * losses["float32"]
+    assert losses["quantized"] < 1.2 * losses["float32"], losses

@@ -18,8 +18,9 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["auto", "none", "int8", "int4"]
 """What ``--quantize`` offers; ``auto``: int8 on a CPU in float32, none elsewhere."""
 
-Quantization = Literal[Quantize, "int8-nosmooth", "int4-nosmooth"]
-"""What a backend accepts: ``--quantize``'s values, plus ``int8-nosmooth`` and ``int4-nosmooth`` for benchmarks (no smoothing)."""
+Quantization = Literal[Quantize, "int8-nosmooth", "int4-smooth"]
+"""What a backend accepts: ``--quantize``'s values, plus, for benchmarks, ``int8-nosmooth``
+(int8 without smoothing) and ``int4-smooth`` (int4 with it)."""
 
 Attention = Literal["exact", "batched"]
 """``exact``: attention row by row, a greedy reply is the same in any batch; ``batched``: one call, faster."""

@@ -102,7 +102,7 @@ class HFBackend(Backend):
             print(f"corolab: {faster.reason}", file=sys.stderr)
         if self.config.prefix_cache:
             self.prefixes = PrefixStore(self._prefix_kv)
-        bits = self.quantization.split("-")[0]  # int8 or int4 ("-nosmooth" is the benchmarks' variant)
+        bits = self.quantization.split("-")[0]  # int8 or int4 (a "-smooth" suffix: a benchmark's variant)
         weights = f"{bits} weights{', LM head int8' if bits == 'int4' else ''}, " if bits != "none" else ""
         print(f"corolab: loaded {self.info.model_id} on {self.device} ({weights}{self.info.dtype})", file=sys.stderr)
 

@@ -59,7 +59,8 @@ def pick_quantization(quantize: Quantization, device: str, dtype: str) -> str:
     ``float16`` means no int8.
     ``int4`` (opt-in) stores the weights in 4 bits with a scale per 32 inputs: fewer bytes a step, so faster at
     one stream, at a cost in quality (:class:`~corolab.serving.backends.cpu.quantize.Int4Linear`).
-    ``int8-nosmooth`` and ``int4-nosmooth`` (benchmarks only) skip the smoothing, to measure what it buys.
+    ``int8-nosmooth`` and ``int4-smooth`` (benchmarks only) turn the smoothing off for int8 and on for int4, to
+    measure what it does.
     """
     if quantize == "auto":
         return "int8" if device == "cpu" and dtype == "float32" else "none"

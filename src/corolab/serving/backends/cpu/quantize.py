@@ -139,8 +139,9 @@ and offset."""
 INT4_RANGE_SHRINK = (1.0, 0.93, 0.86, 0.8)
 """Where a group's range may end, as fractions of its smallest and of its largest weight (each side on its own):
 the pair whose 16 levels are nearest the weights (least squared error) wins. 1.0 clips nothing; less clips the
-extreme weights and gives the rest finer steps. On the embedded model this search took the teacher-forced loss
-from 1.25x float32's (the full range) to 1.21x (measured with benchmarks/bench_quantize.py's measure)."""
+extreme weights and gives the rest finer steps. On the embedded model (smoothed, the 4-bit weights simulated in
+float) the search took the teacher-forced loss of bench_quantize.py's measure from 1.25x float32's with the full
+range to 1.21x."""
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
