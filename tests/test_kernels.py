@@ -410,8 +410,8 @@ def test_the_4_bit_kernel_refuses_a_wrong_layout(ops):
     from corolab.serving.backends.cpu.quantize import Int4Linear
 
     layer = Int4Linear(torch.nn.Linear(64, 32, bias=False))
-    weight, scale, offset, _ = layer.kernel_args()
-    with pytest.raises(RuntimeError, match="float16 scales"):
-        ops.int8_linear(torch.randn(1, 64), weight, scale.float(), offset)
+    args = layer.kernel_args()
+    with pytest.raises(RuntimeError, match="4-bit weight layout"):
+        ops.int8_linear(torch.randn(1, 64), args[0][..., :256].contiguous(), *args[1:])
     with pytest.raises(RuntimeError, match="features"):
-        ops.int8_linear(torch.randn(1, 63), weight, scale, offset)
+        ops.int8_linear(torch.randn(1, 63), *args)

@@ -195,16 +195,23 @@ def test_lean_forward_declines_what_it_does_not_compute(tiny_llama):
     assert not supports(torch.nn.Linear(2, 2))
 
 
-def test_4_bit_codes_pack_sixteen_outputs_by_eight_inputs_in_nibbles():
-    from corolab.serving.backends.cpu.quantize import pack_int4, unpack_int4
+def test_4_bit_layout_is_each_block_s_groups_codes_then_scales_then_offsets():
+    from corolab.serving.backends.cpu.quantize import INT4_GROUP_BYTES, pack_int4, unpack_int4
 
-    codes = torch.arange(32 * 16).remainder(16).to(torch.uint8).view(32, 16)
-    codes[5, 9] = 15
-    packed = pack_int4(codes)
-    assert packed.shape == (2, 2, 16, 4) and packed.dtype == torch.uint8
-    # byte (block 0, octet 1, output 5, t 1): input 8 + 1 = 9 low, input 8 + 4 + 1 = 13 high
-    assert int(packed[0, 1, 5, 1]) == int(codes[5, 9]) | (int(codes[5, 13]) << 4)
-    assert torch.equal(unpack_int4(packed), codes)
+    codes = torch.arange(32 * 64).remainder(16).to(torch.uint8).view(32, 64)
+    codes[21, 45] = 15
+    scale = torch.arange(32 * 2, dtype=torch.float16).view(32, 2) / 8
+    offset = -scale
+    packed = pack_int4(codes, scale, offset)
+    assert packed.shape == (2, 2, INT4_GROUP_BYTES) == (2, 2, 320) and packed.dtype == torch.uint8
+    # output 21 = block 1, output 5 in it; input 45 = group 1, input 13 in it = 8 p + 4 + t with p = 1, t = 1:
+    # the high nibble of byte 64 p + 4 * 5 + t, whose low nibble is input 8 p + t of the group (41)
+    byte = int(packed[1, 1, 64 * 1 + 4 * 5 + 1])
+    assert byte >> 4 == int(codes[21, 45]) == 15 and byte & 0x0F == int(codes[21, 41])
+    assert float(packed[1, 1, 256:288].contiguous().view(torch.float16)[5]) == float(scale[21, 1])
+    assert float(packed[1, 1, 288:].contiguous().view(torch.float16)[5]) == float(offset[21, 1])
+    back = unpack_int4(packed)
+    assert torch.equal(back[0], codes) and torch.equal(back[1], scale) and torch.equal(back[2], offset)
 
 
 def test_4_bit_groups_keep_each_weight_within_a_step_and_clip_only_to_gain():

@@ -359,33 +359,37 @@ at::Tensor packed_int_mm(const at::Tensor& codes, const at::Tensor& packed, cons
 // Why. At one stream a decode step reads every weight once and waits on memory: the embedded model's int8
 // weights are 134 MB a token. Four bits with a float16 scale and offset per 32 weights are 5 bits a weight.
 //
-// Layout, [n/16][k/8][16][4] bytes: byte (j, p, c, t) holds the code of weight (16 j + c, 8 p + t) in its low
-// nibble and of weight (16 j + c, 8 p + 4 + t) in its high one, so one 64-byte load gives two of the vectors VNNI
-// multiplies (sixteen outputs by four inputs each). Codes are unsigned, VNNI's unsigned operand; the activation
+// Layout, [n/16][k/32][320] bytes: for each block j of sixteen outputs and each group g, 256 bytes of codes, then
+// the sixteen outputs' float16 scales (32 bytes) and offsets (32 bytes), so a block is one stream read front to
+// back. Code byte (p, c, t), p = 0..3, holds the code of weight (16 j + c, 32 g + 8 p + t) in its low nibble and
+// of weight (16 j + c, 32 g + 8 p + 4 + t) in its high one, so one 64-byte load gives two of the vectors VNNI
+// multiplies (sixteen outputs by four inputs each). (Scales and offsets in tensors of their own made a third
+// and a fourth stream: 1.3-1.45x int8's one-row layers instead of this layout's, RESULTS.md.) Codes are unsigned, VNNI's unsigned operand; the activation
 // codes are the signed one. A group's share of an output is
 //   sum a (code * scale + offset) = scale * (sum a code) + offset * (sum a),
 // two integer sums, exact, and exact as floats too (|sum| < 2^24). A row's output adds each group's two products
 // in group order, each rounded then added: the same for any batch, thread count or tile, and what
 // Int4Linear.forward computes in torch. Each output is then times amax / 127, the row's activation scale.
 constexpr int64_t kInt4Group = 32;
+constexpr int64_t kInt4GroupBytes = kInt4Group * 16 / 2 + 2 * 16 * 2;  // codes, then scales and offsets: 320
 
 template <int R>
 __attribute__((target("avx512f,avx512bw,avx512vnni,f16c")))
-void int4_tile(const int8_t* a, const float* asum, int64_t k, const uint8_t* w, const uint16_t* scales,
-               const uint16_t* offsets, float* out, int64_t n) {
+void int4_tile(const int8_t* a, const float* asum, int64_t k, const uint8_t* w, float* out, int64_t n) {
   const int64_t groups = k / kInt4Group;
   const __m512i low = _mm512_set1_epi8(0x0F);
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* group = w + g * kInt4GroupBytes;
     __m512i wv[8];  // inputs 32 g + 4 i .. + 3 of the sixteen outputs, i = 0..7
     for (int p = 0; p < 4; ++p) {
-      const __m512i v = _mm512_loadu_si512(w + (g * 4 + p) * 64);
+      const __m512i v = _mm512_loadu_si512(group + p * 64);
       wv[2 * p] = _mm512_and_si512(v, low);
       wv[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
     }
-    const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + g * 16)));
-    const __m512 o = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(offsets + g * 16)));
+    const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 256)));
+    const __m512 o = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 288)));
     for (int r = 0; r < R; ++r) {
       const int8_t* ar = a + r * k + g * kInt4Group;
       __m512i chain[4];  // four short chains of dot products, summed: integers, exact in any order
@@ -411,16 +415,14 @@ void int4_tile(const int8_t* a, const float* asum, int64_t k, const uint8_t* w, 
 // Blocks [begin, end) of sixteen outputs for every row, eight rows at a time (a group's weights unpacked once
 // for eight rows: eight vectors, eight float sums and a row's two integer ones fit the 32 registers).
 __attribute__((target("avx512f,avx512bw,avx512vnni,f16c")))
-void int4_blocks(const int8_t* a, const float* asum, int64_t m, int64_t k, const uint8_t* w,
-                 const uint16_t* scales, const uint16_t* offsets, int64_t n, int64_t begin, int64_t end, float* out) {
-  const int64_t strip = k * 8, groups = k / kInt4Group;  // bytes of one block's codes; 16 x groups scales a block
+void int4_blocks(const int8_t* a, const float* asum, int64_t m, int64_t k, const uint8_t* w, int64_t n,
+                 int64_t begin, int64_t end, float* out) {
+  const int64_t groups = k / kInt4Group, strip = groups * kInt4GroupBytes;  // one block's bytes
   for (int64_t b = begin; b < end; ++b) {
     const uint8_t* wb = w + b * strip;
-    const uint16_t* sb = scales + b * groups * 16;
-    const uint16_t* ob = offsets + b * groups * 16;
     float* yb = out + b * 16;
     int64_t r = 0;
-#define COROLAB_INT4_TILE(R) int4_tile<R>(a + r * k, asum + r * groups, k, wb, sb, ob, yb + r * n, n)
+#define COROLAB_INT4_TILE(R) int4_tile<R>(a + r * k, asum + r * groups, k, wb, yb + r * n, n)
     for (; r + 8 <= m; r += 8) COROLAB_INT4_TILE(8);
     switch (m - r) {
       case 7: COROLAB_INT4_TILE(7); break;
@@ -437,17 +439,11 @@ void int4_blocks(const int8_t* a, const float* asum, int64_t m, int64_t k, const
 }
 
 // Float sums [m, n]: for each row and output, over groups in order, scale * (sum a code) + offset * (sum a).
-at::Tensor int4_mm(const at::Tensor& codes, const at::Tensor& packed, const at::Tensor& scales,
-                   const at::Tensor& offsets) {
+// int4_linear has checked the layout: [n/16, k/32, kInt4GroupBytes].
+at::Tensor int4_mm(const at::Tensor& codes, const at::Tensor& packed) {
   TORCH_CHECK(has_vnni(), "int8_linear: a 4-bit weight needs AVX512-VNNI");
   const int64_t m = codes.size(0), k = codes.size(1), blocks = packed.size(0), n = blocks * 16;
-  TORCH_CHECK(packed.is_contiguous() && packed.size(1) * 8 == k && packed.size(2) == 16 && packed.size(3) == 4,
-              "int8_linear: 4-bit weight layout [out/16, in/8, 16, 4] expected");
-  TORCH_CHECK(k % kInt4Group == 0, "int8_linear: 4-bit weights need inputs in groups of ", kInt4Group);
   const int64_t groups = k / kInt4Group;
-  for (const at::Tensor* t : {&scales, &offsets})
-    TORCH_CHECK(t->scalar_type() == at::kHalf && t->is_contiguous() && t->numel() == n * groups,
-                "int8_linear: float16 scales and offsets [out/16, in/", kInt4Group, ", 16] expected");
   const int8_t* a = codes.const_data_ptr<int8_t>();
   std::vector<float> asum(m * groups);  // each row's sum of codes per group, an integer, exact as a float
   for (int64_t r = 0; r < m; ++r)
@@ -458,11 +454,9 @@ at::Tensor int4_mm(const at::Tensor& codes, const at::Tensor& packed, const at::
     }
   auto out = at::empty({m, n}, codes.options().dtype(at::kFloat));
   const uint8_t* w = packed.const_data_ptr<uint8_t>();
-  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.const_data_ptr<at::Half>());
-  const uint16_t* opp = reinterpret_cast<const uint16_t*>(offsets.const_data_ptr<at::Half>());
   float* yp = out.mutable_data_ptr<float>();
   at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
-    int4_blocks(a, asum.data(), m, k, w, sp, opp, n, begin, end, yp);
+    int4_blocks(a, asum.data(), m, k, w, n, begin, end, yp);
   });
   return out;
 }
@@ -519,16 +513,16 @@ std::tuple<at::Tensor, at::Tensor> quantized_rows(const at::Tensor& x, int64_t k
 
 // Int4Linear.forward: int8 codes of each row, the W4A8 sums (int4_mm), then each output times the row's
 // amax * (1/127), plus the bias, and the residual plus that.
-at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
-                       const at::Tensor& offsets, const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-                       const std::optional<at::Tensor>& norm, double eps) {
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm, double eps) {
 #ifdef COROLAB_X86
-  TORCH_CHECK(weight.dim() == 4, "int8_linear: 4-bit weight layout [out/16, in/8, 16, 4] expected");
-  const int64_t n = weight.size(0) * 16, k = weight.size(1) * 8;
+  TORCH_CHECK(weight.dim() == 3 && weight.size(2) == kInt4GroupBytes && weight.is_contiguous(),
+              "int8_linear: 4-bit weight layout [out/16, in/", kInt4Group, ", ", kInt4GroupBytes, "] expected");
+  const int64_t n = weight.size(0) * 16, k = weight.size(1) * kInt4Group;
   TORCH_CHECK(x.size(-1) == k, "int8_linear: input has ", x.size(-1), " features, the weight ", k);
   auto [codes, amax] = quantized_rows(x, k, norm, eps);
   const int64_t r = codes.size(0);
-  auto out = int4_mm(codes, weight, scales, offsets);
+  auto out = int4_mm(codes, weight);
   const float* bp = nullptr;
   const float* rp = nullptr;
   at::Tensor bias_f, residual_f;
@@ -570,8 +564,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
                        const at::Tensor& weight_sum, const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm, double eps) {
   TORCH_CHECK(x.scalar_type() == at::kFloat, "int8_linear: float32 input expected");
-  if (weight.scalar_type() == at::kByte)  // quantize.Int4Linear: its offsets come where weight sums do
-    return int4_linear(x, weight, scale, weight_sum, bias, residual, norm, eps);
+  if (weight.scalar_type() == at::kByte)  // quantize.Int4Linear: scales and offsets are inside the weight
+    return int4_linear(x, weight, bias, residual, norm, eps);
   const bool packed = weight.dim() == 4;  // pack_int8's layout: [out/16, in/4, 16, 4]
   TORCH_CHECK(weight.scalar_type() == at::kChar && (weight.dim() == 2 || packed),
               "int8_linear: int8 [out, in] weight (or pack_int8's) expected");
@@ -1019,7 +1013,8 @@ at::Tensor attend_decode(const at::Tensor& qkv, const at::Tensor& cos, const at:
   return out;
 }
 
-// Weights per layer that decode_layers reads, in this order (a 4-bit layer's offsets stand where the sums do).
+// Weights per layer that decode_layers reads, in this order (a 4-bit layer has empty scales and sums: its own
+// are inside its weight).
 enum LayerWeight { kInputNorm, kQkv, kQkvScale, kQkvSum, kO, kOScale, kOSum, kPostNorm, kGateUp, kGateUpScale,
                    kGateUpSum, kDown, kDownScale, kDownSum, kPerLayer };
 

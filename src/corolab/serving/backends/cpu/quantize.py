@@ -144,20 +144,38 @@ float) the search took the teacher-forced loss of bench_quantize.py's measure fr
 range to 1.21x."""
 
 
-def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    """4-bit codes (0..15, [out, in]) in the layout the kernels' ``int4_mm`` reads, [out/16, in/8, 16, 4] bytes:
-    byte (j, p, c, t) holds code (16 j + c, 8 p + t) in its low nibble and code (16 j + c, 8 p + 4 + t) in its
-    high one."""
+INT4_GROUP_BYTES = INT4_GROUP * 16 // 2 + 2 * 16 * 2
+"""Bytes of one group of sixteen outputs in the kernels' layout: 256 of codes, then 16 float16 scales and 16
+float16 offsets (the kernels' ``kInt4GroupBytes``)."""
+
+
+def pack_int4(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Codes (0..15, [out, in]) with each group's float16 scale and offset ([out, in/32]) in the layout the kernels'
+    ``int4_mm`` reads, [out/16, in/32, 320] bytes: per block of sixteen outputs and group of 32 inputs, the codes
+    (byte (p, c, t) holds input 8 p + t of output c in its low nibble and input 8 p + 4 + t in its high one), then
+    the sixteen scales, then the sixteen offsets. A block is then one stream, front to back."""
     n, k = codes.shape
-    u = codes.to(torch.uint8).view(n // 16, 16, k // 8, 2, 4).permute(0, 2, 1, 3, 4)
-    return (u[:, :, :, 0] | (u[:, :, :, 1] << 4)).contiguous()
+    u = codes.to(torch.uint8).view(n // 16, 16, k // INT4_GROUP, 4, 2, 4).permute(0, 2, 3, 1, 4, 5)
+    nibbles = (u[..., 0, :] | (u[..., 1, :] << 4)).reshape(n // 16, k // INT4_GROUP, -1)  # [blocks, groups, 256]
+
+    def by_group(values: torch.Tensor) -> torch.Tensor:  # [out, groups] float16 -> [blocks, groups, 32] bytes
+        return values.view(n // 16, 16, -1).transpose(1, 2).contiguous().view(torch.uint8)
+
+    return torch.cat((nibbles, by_group(scale), by_group(offset)), dim=2).contiguous()
 
 
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """:func:`pack_int4` undone: the codes, 0..15, [out, in] (uint8)."""
-    blocks, octets = packed.shape[:2]
-    halves = torch.stack((packed & 0x0F, packed >> 4), dim=3)  # [out/16, in/8, 16, 2, 4]
-    return halves.permute(0, 2, 1, 3, 4).reshape(blocks * 16, octets * 8)
+def unpack_int4(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`pack_int4` undone: the codes (uint8 0..15, [out, in]), the scales and the offsets (float16,
+    [out, in/32])."""
+    blocks, groups = packed.shape[:2]
+    nibbles = packed[..., :256].reshape(blocks, groups, 4, 16, 4)
+    halves = torch.stack((nibbles & 0x0F, nibbles >> 4), dim=4)  # [blocks, groups, 4, 16, 2, 4]
+    codes = halves.permute(0, 3, 1, 2, 4, 5).reshape(blocks * 16, groups * INT4_GROUP)
+
+    def per_output(part: torch.Tensor) -> torch.Tensor:  # [blocks, groups, 32] bytes -> [out, groups] float16
+        return part.contiguous().view(torch.float16).transpose(1, 2).reshape(blocks * 16, groups)
+
+    return codes, per_output(packed[..., 256:288]), per_output(packed[..., 288:])
 
 
 def int4_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -200,10 +218,8 @@ class Int4Linear(torch.nn.Module):
         if n % 16 or k % INT4_GROUP:
             raise ValueError(f"4-bit layers need outputs in sixteens and inputs in {INT4_GROUP}s, not {n} x {k}")
         scale, offset, codes = int4_codes(linear.weight.detach().float().view(n, k // INT4_GROUP, INT4_GROUP))
-        self.register_buffer("weight_int4", pack_int4(codes.view(n, k)))
-        # [out/16, groups, 16]: sixteen outputs' scales (offsets) of a group side by side, one load for the kernel
-        self.register_buffer("group_scale", scale.view(n // 16, 16, -1).transpose(1, 2).contiguous())
-        self.register_buffer("group_offset", offset.view(n // 16, 16, -1).transpose(1, 2).contiguous())
+        # Codes, scales and offsets in one buffer, the kernels' layout (pack_int4)
+        self.register_buffer("weight_int4", pack_int4(codes.view(n, k), scale, offset))
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.in_features, self.out_features = k, n
         self._kernels = None  # set by pack(): the kernels read this layout directly
@@ -213,13 +229,9 @@ class Int4Linear(torch.nn.Module):
         self._kernels = kernels
 
     def kernel_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """What the kernels' ``int8_linear`` takes after its input: a 4-bit weight takes its offsets where an int8
-        one takes its weight sums."""
-        return self.weight_int4, self.group_scale, self.group_offset, self.bias
-
-    def _per_output(self, grouped: torch.Tensor) -> torch.Tensor:
-        """[out/16, groups, 16] to [out, groups], float32."""
-        return grouped.transpose(1, 2).reshape(self.out_features, -1).float()
+        """What the kernels' ``int8_linear`` takes after its input: the weight holds its own scales and offsets,
+        so the int8 layer's scales and weight sums are empty."""
+        return self.weight_int4, _EMPTY_FLOAT, _EMPTY_INT, self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernels is not None:
@@ -228,10 +240,11 @@ class Int4Linear(torch.nn.Module):
         q, amax = row_codes(rows)
         groups = self.in_features // INT4_GROUP
         a = q.float().view(-1, groups, INT4_GROUP)
+        codes, scale, offset = unpack_int4(self.weight_int4)
+        scale, offset = scale.float(), offset.float()
         # Each group's integer sums, in float32: every partial sum is an integer under 2**24, exact in any order.
-        dots = torch.einsum("rgi,ngi->grn", a, unpack_int4(self.weight_int4).float().view(-1, groups, INT4_GROUP))
+        dots = torch.einsum("rgi,ngi->grn", a, codes.float().view(-1, groups, INT4_GROUP))
         sums = a.sum(dim=2)  # [rows, groups]
-        scale, offset = self._per_output(self.group_scale), self._per_output(self.group_offset)
         out = torch.zeros(rows.shape[0], self.out_features)
         for g in range(groups):  # in group order, each product rounded then added: the kernel's order
             out.add_(dots[g] * scale[:, g])
@@ -245,6 +258,8 @@ class Int4Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, W4A8, groups of {INT4_GROUP}"
 
 
+_EMPTY_FLOAT = torch.empty(0)
+_EMPTY_INT = torch.empty(0, dtype=torch.int32)
 QUANTIZED = (Int8Linear, Int4Linear)
 """The quantized layer classes; LlamaForward's kernel path takes either."""
 
