@@ -281,7 +281,7 @@ def _fusable(model: torch.nn.Module) -> bool:
     inside that call), int8 o_proj, down_proj and LM head."""
     if not isinstance(getattr(model, "lm_head", None), QUANTIZED):
         return False
-    if any(isinstance(m, Int4Linear) and m._kernels is None for m in model.modules()):
+    if any(isinstance(m, Int4Linear) and not m.on_kernels for m in model.modules()):
         return False  # 4-bit layers left to their Python forward (no VNNI here)
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp

@@ -228,6 +228,11 @@ class Int4Linear(torch.nn.Module):
         """Run through the kernels from now on (the layout is already theirs)."""
         self._kernels = kernels
 
+    @property
+    def on_kernels(self) -> bool:
+        """Whether :meth:`pack` handed this layer to the kernels (otherwise its Python forward runs)."""
+        return self._kernels is not None
+
     def kernel_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """What the kernels' ``int8_linear`` takes after its input: the weight holds its own scales and offsets,
         so the int8 layer's scales and weight sums are empty."""
