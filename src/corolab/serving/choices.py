@@ -34,10 +34,16 @@ EngineKind = Literal["naive", "threads", "batched"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
+def weights_of(quantization: str) -> str:
+    """What a :data:`Quantization` stores the weights as: ``none``, ``int8`` or ``int4`` (a benchmark variant's
+    ``-smooth`` or ``-nosmooth`` dropped), the one place that reads the variants' names."""
+    return quantization.split("-")[0]
+
+
 def choices(kind: object) -> tuple[str, ...]:
     """The values of a ``Literal`` type above, in order (nested ``Literal`` types are flattened)."""
     return tuple(get_args(kind))
 
 
 __all__ = ["Attention", "Device", "Dtype", "EngineKind", "KvCacheDtype", "LogLevel", "Quantization", "Quantize",
-           "choices"]
+           "choices", "weights_of"]

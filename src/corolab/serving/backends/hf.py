@@ -21,6 +21,7 @@ from pathlib import Path
 from corolab.serving.backends.base import Backend, BackendInfo, Batch, Detokenizer
 from corolab.serving.backends.placement import pick_device, pick_dtype, pick_quantization
 from corolab.serving.backends.prefix import KV, PrefixStore
+from corolab.serving.choices import weights_of
 from corolab.serving.config import ModelConfig
 
 
@@ -102,7 +103,7 @@ class HFBackend(Backend):
             print(f"corolab: {faster.reason}", file=sys.stderr)
         if self.config.prefix_cache:
             self.prefixes = PrefixStore(self._prefix_kv)
-        bits = self.quantization.split("-")[0]  # int8 or int4 (a "-smooth" suffix: a benchmark's variant)
+        bits = weights_of(self.quantization)
         weights = f"{bits} weights{', LM head int8' if bits == 'int4' else ''}, " if bits != "none" else ""
         print(f"corolab: loaded {self.info.model_id} on {self.device} ({weights}{self.info.dtype})", file=sys.stderr)
 

@@ -8,7 +8,7 @@ combination that cannot work with a message that names the option. The backend
 
 from __future__ import annotations
 
-from corolab.serving.choices import Device, Dtype, Quantization
+from corolab.serving.choices import Device, Dtype, Quantization, weights_of
 
 
 def pick_device(device: Device) -> str:
@@ -57,14 +57,14 @@ def pick_quantization(quantize: Quantization, device: str, dtype: str) -> str:
     On a GPU bf16 is already fast and ``torch._int_mm`` has shape limits there, so int8 is a CPU path only;
     its scales and the layers between the matmuls compute in float32, so an explicit ``--dtype bfloat16`` or
     ``float16`` means no int8.
-    ``int4`` (opt-in) stores the weights in 4 bits with a scale per 32 inputs: fewer bytes a step, so faster at
-    one stream, at a cost in quality (:class:`~corolab.serving.backends.cpu.quantize.Int4Linear`).
+    ``int4`` (opt-in) stores the weights in 4 bits with a scale and an offset per 32 inputs: fewer bytes a step,
+    so faster at one stream, at a cost in quality (:class:`~corolab.serving.backends.cpu.quantize.Int4Linear`).
     ``int8-nosmooth`` and ``int4-smooth`` (benchmarks only) turn the smoothing off for int8 and on for int4, to
     measure what it does.
     """
     if quantize == "auto":
         return "int8" if device == "cpu" and dtype == "float32" else "none"
-    bits = quantize.split("-")[0]  # int8 or int4
+    bits = weights_of(quantize)
     if bits != "none" and device != "cpu":
         raise ValueError(f"--quantize {bits} runs on a CPU only; on {device} use --quantize none (bf16 is fast there)")
     if bits != "none" and dtype != "float32":

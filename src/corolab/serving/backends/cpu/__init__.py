@@ -64,8 +64,9 @@ def faster_forward(model, *, quantization: str, exact: bool, device: str,
 
     from corolab.serving.backends.cpu.llama_forward import LlamaForward, supports
     from corolab.serving.backends.cpu.quantize import CALIBRATION, quantize_linears, release_file_mapping, smooth
+    from corolab.serving.choices import weights_of
 
-    bits = 4 if quantization.startswith("int4") else 8
+    bits = 4 if weights_of(quantization) == "int4" else 8
     if quantization != "none":
         if quantization in ("int8", "int4-smooth"):
             smooth(model, [torch.tensor([encode(text)], device=device) for text in CALIBRATION])
@@ -80,14 +81,15 @@ def faster_forward(model, *, quantization: str, exact: bool, device: str,
         from corolab.serving.backends.cpu.quantize import pack_linears
 
         kernels = ops()  # fused int8 kernels, fewer calls per step; None: the Python path (ops says why)
+        packed = packed_layout()
         if kernels is not None and bits == 4 and not has_vnni():
             print("corolab: --quantize int4 has a kernel for x86 CPUs with AVX512-VNNI only; this CPU runs its "
                   "Python path, far slower (a one-user step took 290 ms that way on the development machine, 6-9 "
                   "ms with the kernel); --quantize int8 is the fast path here", file=sys.stderr)
             kernels = None
-        if kernels is not None and (packed_layout() or bits == 4):
+        if kernels is not None and (packed or bits == 4):
             # the weights in the layout the kernels' VNNI matmul reads fastest (4-bit ones are stored in theirs)
-            pack_linears(model, kernels, int8=packed_layout())
+            pack_linears(model, kernels, int8=packed)
     kv_dtype = {"float16": torch.float16, "float32": torch.float32}.get(kv_cache_dtype)
     if kv_dtype == next(model.parameters()).dtype:
         kv_dtype = None

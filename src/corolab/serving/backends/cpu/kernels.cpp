@@ -511,6 +511,31 @@ std::tuple<at::Tensor, at::Tensor> quantized_rows(const at::Tensor& x, int64_t k
   return {codes, amax};
 }
 
+// The bias and the residual a linear layer's call was given, checked for its n outputs and r rows and made
+// contiguous; undefined where not given. Both linears read them through data_or_null.
+std::tuple<at::Tensor, at::Tensor> bias_and_residual(const std::optional<at::Tensor>& bias,
+                                                     const std::optional<at::Tensor>& residual, int64_t n, int64_t r) {
+  at::Tensor bias_f, residual_f;
+  if (bias.has_value() && bias->defined()) {
+    bias_f = bias->contiguous();
+    TORCH_CHECK(bias_f.scalar_type() == at::kFloat && bias_f.numel() == n, "int8_linear: float32 bias per output");
+  }
+  if (residual.has_value() && residual->defined()) {
+    residual_f = residual->reshape({-1, n}).contiguous();
+    TORCH_CHECK(residual_f.scalar_type() == at::kFloat && residual_f.size(0) == r, "int8_linear: residual shape");
+  }
+  return {bias_f, residual_f};
+}
+
+inline const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
+
+// out [rows, n] viewed with x's shape, its last dimension n.
+at::Tensor like_input(const at::Tensor& out, const at::Tensor& x, int64_t n) {
+  auto shape = x.sizes().vec();
+  shape.back() = n;
+  return out.view(shape);
+}
+
 // Int4Linear.forward: int8 codes of each row, the W4A8 sums (int4_mm), then each output times the row's
 // amax * (1/127), plus the bias, and the residual plus that.
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -523,19 +548,9 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const std:
   auto [codes, amax] = quantized_rows(x, k, norm, eps);
   const int64_t r = codes.size(0);
   auto out = int4_mm(codes, weight);
-  const float* bp = nullptr;
-  const float* rp = nullptr;
-  at::Tensor bias_f, residual_f;
-  if (bias.has_value() && bias->defined()) {
-    bias_f = bias->contiguous();
-    TORCH_CHECK(bias_f.scalar_type() == at::kFloat && bias_f.numel() == n, "int8_linear: float32 bias per output");
-    bp = bias_f.const_data_ptr<float>();
-  }
-  if (residual.has_value() && residual->defined()) {
-    residual_f = residual->reshape({-1, n}).contiguous();
-    TORCH_CHECK(residual_f.scalar_type() == at::kFloat && residual_f.size(0) == r, "int8_linear: residual shape");
-    rp = residual_f.const_data_ptr<float>();
-  }
+  auto [bias_f, residual_f] = bias_and_residual(bias, residual, n, r);
+  const float* bp = data_or_null(bias_f);
+  const float* rp = data_or_null(residual_f);
   float* y = out.mutable_data_ptr<float>();
   const float* am = amax.const_data_ptr<float>();
   constexpr float kInv127 = 1.0f / 127.0f;
@@ -550,9 +565,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const std:
       }
     }
   });
-  auto shape = x.sizes().vec();
-  shape.back() = n;
-  return out.view(shape);
+  return like_input(out, x, n);
 #else
   TORCH_CHECK(false, "int8_linear: 4-bit weights need an x86 CPU with AVX512-VNNI");
 #endif
@@ -577,22 +590,11 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   auto acc = int_mm(codes, weight, weight_sum);
   auto scale_f = scale.contiguous();
   TORCH_CHECK(scale_f.scalar_type() == at::kFloat && scale_f.numel() == n, "int8_linear: float32 scale per output");
-  at::Tensor bias_f, residual_f;
-  if (bias.has_value() && bias->defined()) {
-    bias_f = bias->contiguous();
-    TORCH_CHECK(bias_f.scalar_type() == at::kFloat && bias_f.numel() == n, "int8_linear: float32 bias per output");
-  }
-  if (residual.has_value() && residual->defined()) {
-    residual_f = residual->reshape({-1, n}).contiguous();
-    TORCH_CHECK(residual_f.scalar_type() == at::kFloat && residual_f.size(0) == r, "int8_linear: residual shape");
-  }
+  auto [bias_f, residual_f] = bias_and_residual(bias, residual, n, r);
   auto out = at::empty({r, n}, x.options());
   dequantize(acc.const_data_ptr<int32_t>(), amax.const_data_ptr<float>(), scale_f.const_data_ptr<float>(),
-             bias_f.defined() ? bias_f.const_data_ptr<float>() : nullptr,
-             residual_f.defined() ? residual_f.const_data_ptr<float>() : nullptr, r, n, out.mutable_data_ptr<float>());
-  auto shape = x.sizes().vec();
-  shape.back() = n;
-  return out.view(shape);
+             data_or_null(bias_f), data_or_null(residual_f), r, n, out.mutable_data_ptr<float>());
+  return like_input(out, x, n);
 }
 
 // Rotary embedding of one head vector: x * cos + cat(-x[half:], x[:half]) * sin, as LlamaForward._rotate.

@@ -115,7 +115,7 @@ class Int8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernels is not None:  # packed: only the kernel reads this layout (it is Int8Linear's arithmetic)
-            return self._kernels.int8_linear(x, self.weight_int8, self.scale, self.weight_sum, self.bias)
+            return self._kernels.int8_linear(x, *self.kernel_args())
         rows = x.reshape(-1, self.in_features)
         q, amax = row_codes(rows)
         # int32 sums to float first, then one in-place multiply: the int32 tensor times a float one goes
@@ -212,10 +212,15 @@ class Int4Linear(torch.nn.Module):
     A group's share of an output: sum a (code * scale + offset) = scale * (sum a code) + offset * (sum a), for
     a row's int8 codes ``a``; both sums are integers, exact."""
 
+    @staticmethod
+    def fits(outputs: int, inputs: int) -> bool:
+        """Whether a layer of this shape can be 4-bit: outputs in blocks of sixteen, inputs in whole groups."""
+        return outputs % 16 == 0 and inputs % INT4_GROUP == 0
+
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         n, k = linear.out_features, linear.in_features
-        if n % 16 or k % INT4_GROUP:
+        if not self.fits(n, k):
             raise ValueError(f"4-bit layers need outputs in sixteens and inputs in {INT4_GROUP}s, not {n} x {k}")
         scale, offset, codes = int4_codes(linear.weight.detach().float().view(n, k // INT4_GROUP, INT4_GROUP))
         # Codes, scales and offsets in one buffer, the kernels' layout (pack_int4)
@@ -383,11 +388,9 @@ def quantize_linears(model: torch.nn.Module, bits: int = 8) -> int:
 
     ``bits=4``: the layers inside the transformer blocks are :class:`Int4Linear` where their shape allows; the LM
     head stays int8, as llama.cpp keeps its output layer wider than Q4 (RESULTS.md measures why)."""
-    fused_class = Int4Linear if bits == 4 else Int8Linear
 
-    def quantized(linear: torch.nn.Linear, name: str) -> torch.nn.Module:
-        fits = linear.out_features % 16 == 0 and linear.in_features % INT4_GROUP == 0
-        return Int4Linear(linear) if bits == 4 and fits and name != "lm_head" else Int8Linear(linear)
+    def layer_class(outputs: int, inputs: int) -> type:
+        return Int4Linear if bits == 4 and Int4Linear.fits(outputs, inputs) else Int8Linear
 
     count = 0
     for layer in getattr(getattr(model, "model", None), "layers", None) or []:
@@ -396,15 +399,16 @@ def quantize_linears(model: torch.nn.Module, bits: int = 8) -> int:
             linears = [getattr(owner, name, None) for name in names]
             if not all(isinstance(lin, torch.nn.Linear) and lin.bias is None for lin in linears):
                 continue
-            fits = sum(lin.out_features for lin in linears) % 16 == 0 and linears[0].in_features % INT4_GROUP == 0
-            group = FusedInt8(linears, fused_class if fits else Int8Linear)
+            group = FusedInt8(linears, layer_class(sum(lin.out_features for lin in linears), linears[0].in_features))
             owner.add_module("fused_" + "_".join(n.removesuffix("_proj") for n in names), group)
             for index, name in enumerate(names):
                 setattr(owner, name, FusedPart(group, index))
             count += len(names)
     targets = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     for name in targets:
-        _swap(model, name, quantized(model.get_submodule(name), name))
+        linear = model.get_submodule(name)
+        cls = Int8Linear if name == "lm_head" else layer_class(linear.out_features, linear.in_features)
+        _swap(model, name, cls(linear))
     return count + len(targets)
 
 
