@@ -53,8 +53,10 @@ def faster_forward(model, *, quantization: str, exact: bool, device: str,
     smooths the model on the fixed calibration messages (``encode`` tokenizes one as a chat) and swaps in int8
     layers; ``int4`` swaps in 4-bit layers inside the blocks without smoothing (it made 4-bit weights worse: a
     loss 1.19x float32's with it, 1.05x without); ``int8-nosmooth`` and ``int4-smooth`` (benchmarks) turn that
-    choice around; ``none`` keeps the float weights. A Llama-shaped model then
-    gets :class:`~corolab.serving.backends.cpu.llama_forward.LlamaForward` (``exact``: attention row by row),
+    choice around; ``none`` keeps the float weights. Once the LM head is a layer of its own, the input embedding
+    is stored in the fewest bytes that keep its values (:mod:`~corolab.serving.backends.cpu.embedding`). A
+    Llama-shaped model then gets :class:`~corolab.serving.backends.cpu.llama_forward.LlamaForward` (``exact``:
+    attention row by row),
     with the fused kernels where its layers are int8 and the kernels build. ``kv_cache_dtype``
     (``--kv-cache-dtype``) is resolved here: ``auto`` is the model's dtype. Why not float16 by default: on the
     embedded model it made a decode step only 1-6 % faster at 32-128 rows (the step is mostly matmuls) and moved
@@ -62,6 +64,7 @@ def faster_forward(model, *, quantization: str, exact: bool, device: str,
     """
     import torch
 
+    from corolab.serving.backends.cpu.embedding import compact_input_embedding
     from corolab.serving.backends.cpu.llama_forward import LlamaForward, supports
     from corolab.serving.backends.cpu.quantize import CALIBRATION, quantize_linears, release_file_mapping, smooth
     from corolab.serving.choices import weights_of
@@ -71,6 +74,7 @@ def faster_forward(model, *, quantization: str, exact: bool, device: str,
         if quantization in ("int8", "int4-smooth"):
             smooth(model, [torch.tensor([encode(text)], device=device) for text in CALIBRATION])
         quantize_linears(model, bits)
+        compact_input_embedding(model)
         release_file_mapping(model)
     if not supports(model):
         return FasterForward(None, f"{type(model).__name__} is not Llama-shaped; its own forward runs "

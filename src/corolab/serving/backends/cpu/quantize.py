@@ -384,7 +384,8 @@ def _swap(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
 def quantize_linears(model: torch.nn.Module, bits: int = 8) -> int:
     """Replace every ``nn.Linear`` of ``model`` (the LM head too, untied from the embedding) by int8 layers;
     returns how many. In a Llama-shaped model q/k/v and gate/up are fused (:class:`FusedInt8`). The input
-    embedding stays in its float dtype: a lookup, not a matmul, so int8 would save memory but no time.
+    embedding is left as it is: a lookup, not a matmul, so rounding it to int8 would save memory but no time
+    (:mod:`~corolab.serving.backends.cpu.embedding` stores it smaller only where that keeps every value).
 
     ``bits=4``: the layers inside the transformer blocks are :class:`Int4Linear` where their shape allows; the LM
     head stays int8, as llama.cpp keeps its output layer wider than Q4 (RESULTS.md measures why)."""
