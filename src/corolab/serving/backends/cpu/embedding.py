@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-GROUP = 32  # inputs per scale, as in GGUF's Q8_0
+GROUP = 32  # values of a row per scale, as in GGUF's Q8_0
 
 
 class Int8GroupEmbedding(torch.nn.Module):
@@ -60,8 +60,8 @@ def int8_groups(table: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, t
     rows, dim = table.shape
     if table.dtype != torch.float32 or dim % GROUP:
         return None
-    codes = torch.empty(rows, dim, dtype=torch.int8)
-    scales = torch.empty(rows, dim // GROUP, dtype=torch.float32)
+    codes = torch.empty(rows, dim, dtype=torch.int8, device=table.device)
+    scales = torch.empty(rows, dim // GROUP, dtype=torch.float32, device=table.device)
     for start in range(0, rows, chunk):
         groups = table[start:start + chunk].reshape(-1, dim // GROUP, GROUP)
         scale = groups.abs().amax(dim=2) / 127.0
