@@ -9,8 +9,8 @@ Each ``--quantize`` choice runs in a fresh process (memory is the process's stat
 layers, compacted embedding).
 
 Then the bytes of the model's tensors: the blocks' layers, the LM head, the input embedding, the rest (norms).
-What stage 5 adds beyond the tensors is the tokenizer, the rest of the loading code and the heap. ``bench_serving.py`` measures the peak while serving; this says what
-it is made of. Figures in RESULTS.md ("Where a serving process's memory goes").
+What stage 5 adds beyond the tensors is the tokenizer, the rest of the loading code and the heap.
+``bench_serving.py`` measures the peak while serving; this says what it is made of. Figures in RESULTS.md ("Where a serving process's memory goes").
 
     python benchmarks/bench_memory.py                       # auto (int8 on a CPU) and int4, about a minute
     python benchmarks/bench_memory.py --quantize none,int8,int4

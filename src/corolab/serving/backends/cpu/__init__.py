@@ -56,11 +56,11 @@ def faster_forward(model, *, quantization: str, exact: bool, device: str,
     choice around; ``none`` keeps the float weights. Once the LM head is a layer of its own, the input embedding
     is stored in the fewest bytes that keep its values (:mod:`~corolab.serving.backends.cpu.embedding`). A
     Llama-shaped model then gets :class:`~corolab.serving.backends.cpu.llama_forward.LlamaForward` (``exact``:
-    attention row by row),
-    with the fused kernels where its layers are int8 and the kernels build. ``kv_cache_dtype``
-    (``--kv-cache-dtype``) is resolved here: ``auto`` is the model's dtype. Why not float16 by default: on the
-    embedded model it made a decode step only 1-6 % faster at 32-128 rows (the step is mostly matmuls) and moved
-    greedy replies (RESULTS.md, "A float16 KV cache"); it halves the cache, so it is there for memory.
+    attention row by row), with the fused kernels where its layers are int8 and the kernels build.
+    ``kv_cache_dtype`` (``--kv-cache-dtype``) is resolved here: ``auto`` is the model's dtype. Why not float16 by
+    default: on the embedded model it made a decode step only 1-6 % faster at 32-128 rows (the step is mostly
+    matmuls) and moved greedy replies (RESULTS.md, "A float16 KV cache"); it halves the cache, so it is there
+    for memory.
     """
     import torch
 

@@ -364,8 +364,8 @@ at::Tensor packed_int_mm(const at::Tensor& codes, const at::Tensor& packed, cons
 // back. Code byte (p, c, t), p = 0..3, holds the code of weight (16 j + c, 32 g + 8 p + t) in its low nibble and
 // of weight (16 j + c, 32 g + 8 p + 4 + t) in its high one, so one 64-byte load gives two of the vectors VNNI
 // multiplies (sixteen outputs by four inputs each). (Scales and offsets in tensors of their own made a third
-// and a fourth stream: 1.3-1.45x int8's one-row layers instead of this layout's, RESULTS.md.) Codes are unsigned, VNNI's unsigned operand; the activation
-// codes are the signed one. A group's share of an output is
+// and a fourth stream: 1.3-1.45x int8's one-row layers instead of this layout's, RESULTS.md.) Codes are
+// unsigned, VNNI's unsigned operand; the activation codes are the signed one. A group's share of an output is
 //   sum a (code * scale + offset) = scale * (sum a code) + offset * (sum a),
 // two integer sums, exact, and exact as floats too (|sum| < 2^24). A row's output adds each group's two products
 // in group order, each rounded then added: the same for any batch, thread count or tile, and what
